@@ -1,0 +1,60 @@
+"""Pareto fronts and hypervolume of stored individuals (accuracy maximized; cost minimized or maximized).
+
+Hypervolume is computed on normalized objectives, both in [0, 1] and minimized: ``1 - accuracy``, and the cost
+divided by the cost of the all-upper-limit setting (quantization) or ``1 - zero blocks per sample / tiles per
+sample`` (sparsity). The reference point is (1, 1), so a run's hypervolume lies in [0, 1]. Only feasible
+individuals with status ok count.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+REFERENCE_POINT = np.array([1.0, 1.0])
+
+
+def normalized_objectives(objectives: np.ndarray, attrs: Mapping) -> np.ndarray:
+    """(accuracy, cost) rows -> minimized, normalized (error, cost share) rows."""
+    objectives = np.asarray(objectives, dtype=float).reshape(-1, 2)
+    error = 1.0 - objectives[:, 0]
+    if bool(attrs["maximize_cost"]):
+        scale = float(attrs["max_blocks_per_sample"]) or 1.0
+        cost = 1.0 - objectives[:, 1] / scale
+    else:
+        scale = float(attrs["worst_cost"]) or 1.0
+        cost = objectives[:, 1] / scale
+    return np.column_stack([error, cost])
+
+
+def usable(constraint: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Mask of individuals that count for fronts: evaluated ok and meeting the accuracy constraint."""
+    constraint = np.asarray(constraint, dtype=float)
+    return (np.asarray(status) == "ok") & ~(constraint > 0)
+
+
+def pareto_mask(objectives: np.ndarray, maximize_cost: bool, mask: np.ndarray | None = None) -> np.ndarray:
+    """Non-dominated individuals among ``mask``: accuracy maximized, cost minimized (or maximized)."""
+    objectives = np.asarray(objectives, dtype=float).reshape(-1, 2)
+    mask = np.ones(len(objectives), bool) if mask is None else np.asarray(mask, bool)
+    out = np.zeros(len(objectives), bool)
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return out
+    F = np.column_stack([-objectives[idx, 0], -objectives[idx, 1] if maximize_cost else objectives[idx, 1]])
+    front = NonDominatedSorting().do(F, only_non_dominated_front=True)
+    out[idx[front]] = True
+    return out
+
+
+def hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarray, attrs: Mapping) -> float:
+    """Normalized hypervolume (reference point (1, 1)) of the usable individuals."""
+    mask = usable(constraint, status)
+    if not mask.any():
+        return 0.0
+    points = normalized_objectives(np.asarray(objectives)[mask], attrs)
+    points = points[(points < REFERENCE_POINT).all(axis=1)]
+    return float(HV(ref_point=REFERENCE_POINT)(points)) if len(points) else 0.0

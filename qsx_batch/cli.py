@@ -1,0 +1,245 @@
+"""The ``qsx-batch`` command line: one subcommand per task, user mistakes reported without tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C: stop, keep what is stored, print how to resume."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _workload_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workload", nargs="?", help="workload YAML file (default: the embedded LeNet-5/MNIST quantization)")
+
+
+def _load(args) -> "Workload":  # noqa: F821
+    from .workload import load_workload
+
+    return load_workload(args.workload)
+
+
+def workload_for_run(args):
+    """The workload of a new run, or of the results file given to --resume."""
+    from .search import stored_workload_text
+    from .workload import load_workload, parse_workload
+
+    if args.resume and not args.workload:
+        from .store import open_for_reading
+
+        with open_for_reading(args.resume) as f:
+            anchor = Path(str(f.attrs.get("workload_path", args.resume)))
+        return parse_workload(stored_workload_text(args.resume), anchor)
+    return load_workload(args.workload)
+
+
+# -- commands ----------------------------------------------------------------------------------------------------
+def cmd_validate(args) -> int:
+    from .data import check_dataset_type
+    from .models import check_model_type
+    from .problems import problem_class
+    from .problems.costs import COST_FUNCTIONS
+    from .workload import dump_workload
+
+    workload = _load(args)
+    spec = workload.spec
+    problem_class(spec.problem.problem_function)
+    check_model_type(spec.model.type)
+    if spec.model.weights and not workload.input_path(spec.model.weights).is_file():
+        raise UserError(f"Workload {workload.path}: model.weights {workload.input_path(spec.model.weights)} does not exist.")
+    if spec.exploration.extra_args.bit_weighting_function not in COST_FUNCTIONS:
+        raise UserError(f"Unknown exploration.extra_args.bit_weighting_function "
+                        f"'{spec.exploration.extra_args.bit_weighting_function}'. Valid names: {', '.join(COST_FUNCTIONS)}.")
+    blocks = [("exploration.datasets.exploration", spec.exploration.datasets.exploration),
+              ("exploration.datasets.baseline", spec.exploration.datasets.baseline)]
+    if spec.calibration:
+        blocks.append(("calibration.datasets.calibrate", spec.calibration.datasets.calibrate))
+    for key, block in blocks:
+        if block is None:
+            continue
+        check_dataset_type(block.type)
+        if block.path and not block.download and not workload.input_path(block.path).exists():
+            raise UserError(f"Workload {workload.path}: {key}.path {workload.input_path(block.path)} does not exist.")
+    print(dump_workload(workload), end="")
+    print(f"# {workload.path}: valid", file=sys.stderr)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .evaluate import build_problem, ensure_calibration, select_device
+    from .problems import QuantizationProblem
+
+    workload = _load(args)
+    device = select_device(args.device or workload.spec.exploration.device)
+    problem = build_problem(workload, device, calibrate_if_missing=False) if not args.force and \
+        workload.calibration_file().exists() else None
+    if problem is None:
+        from .problems import problem_class
+
+        if not issubclass(problem_class(workload.spec.problem.problem_function), QuantizationProblem):
+            raise UserError(f"Workload {workload.path}: only quantization problems are calibrated.")
+        problem = _problem_without_calibration(workload, device)
+        path, _ = ensure_calibration(workload, problem, device, force=True)
+        print(f"calibrated {len(problem.quantizers)} quantizers -> {path}")
+    else:
+        print(f"calibration file {workload.calibration_file()} exists and fits; use --force to redo it")
+    return 0
+
+
+def _problem_without_calibration(workload, device):
+    from .evaluate import load_block, load_model
+    from .problems import problem_class
+    from .problems.layers import profile_layers, target_layers
+
+    spec = workload.spec
+    model = load_model(workload, device)
+    modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
+    probe = load_block(workload, spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1}), "probe")
+    layers = profile_layers(model, modules, probe.inputs.to(device))
+    return problem_class(spec.problem.problem_function)(model, layers, spec.exploration.extra_args,
+                                                      spec.calibration.method if spec.calibration else "max")
+
+
+def cmd_train(args) -> int:
+    from .train import train_weights
+
+    workload = _load(args)
+    output = Path(args.output) if args.output else (
+        workload.input_path(workload.spec.model.weights) if workload.spec.model.weights else None)
+    if output is None:
+        raise UserError("Say where to save the weights: --output FILE (or set model.weights in the workload).")
+    reports, held_out = train_weights(
+        workload, output, on_epoch=lambda r: print(f"epoch {r.epoch:>3}: loss {r.loss:.4f}  validation accuracy {r.accuracy:.4f}"))
+    print(f"held-out accuracy {held_out:.4f}; weights -> {output}")
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .evaluate import prepare_evaluator, select_device
+    from .executors import LocalExecutor
+    from .search import open_run
+
+    workload = workload_for_run(args)
+    device = select_device(args.device or workload.spec.exploration.device)
+    evaluator = prepare_evaluator(workload, device)
+    writer = open_run(workload, evaluator.problem, Path(args.output) if args.output else None,
+                      Path(args.resume) if args.resume else None)
+    print(f"results -> {writer.path}", file=sys.stderr)
+    return run_search(workload, evaluator.problem, LocalExecutor(evaluator), writer, args, "explore")
+
+
+def run_search(workload, problem, executor, writer, args, command: str) -> int:
+    """Run the search; on any stop the results file is closed cleanly and the resume command printed."""
+    from .search import Search, SearchOptions
+
+    options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose)
+    resume_hint = f"qsx-batch {command} --resume {writer.path}"
+    try:
+        Search(workload, problem, executor, writer, options).run()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); every finished individual is stored in {writer.path}.\n"
+              f"resume with: {resume_hint}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or "No space" in str(exc):
+            raise UserError(f"The disk holding {writer.path} is full. Individuals finished before are stored; "
+                            f"free space and resume with: {resume_hint}") from None
+        raise
+    finally:
+        executor.close()
+        writer.close()
+    print(f"done: {writer.path}\ninspect with: qsx-batch inspect {writer.path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .report import load_run, summary_text, table_rows, write_csv
+
+    run = load_run(Path(args.results))
+    print(summary_text(run))
+    if args.csv:
+        rows = run.pareto() if args.pareto_only else range(run.count)
+        write_csv(table_rows(run, rows), Path(args.csv))
+        print(f"\nwrote {len(rows)} rows -> {args.csv}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
+    p.add_argument("--resume", metavar="RESULTS.h5", help="continue the run stored in this results file")
+    p.add_argument("--skip-baseline", action="store_true", help="do not evaluate the fp32 / all-upper-limit baseline")
+    p.add_argument("--progress", action="store_true", help="show progress bars for generations and individuals")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every evaluated individual")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override exploration.device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qsx-batch",
+        description="Search per-layer quantization bit widths or activation-sparsity thresholds of a PyTorch "
+                    "network with NSGA-II; results stream into one HDF5 file.",
+    )
+    parser.add_argument("--version", action="version", version=f"qsx-batch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("explore", help="run an exploration on this machine")
+    _workload_arg(p)
+    add_run_options(p)
+    p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("validate", help="check a workload file and print it with defaults filled in")
+    _workload_arg(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("calibrate", help="compute and save amax of every quantizer (calibration.file)")
+    _workload_arg(p)
+    p.add_argument("--force", action="store_true", help="recalibrate even if the calibration file exists")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override exploration.device")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("train", help="train the model's fp32 weights from the workload's 'training' section")
+    _workload_arg(p)
+    p.add_argument("--output", "-o", metavar="FILE", help="weights file to write (default: model.weights)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("inspect", help="summarize a results file: baseline, Pareto front, exports")
+    p.add_argument("results", help="results file (.h5)")
+    p.add_argument("--csv", metavar="FILE", help="export individuals as CSV")
+    p.add_argument("--pareto-only", action="store_true", help="with --csv: export only the Pareto front")
+    p.set_defaults(func=cmd_inspect)
+
+    # extra commands: each module adds its own subparser here
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"qsx-batch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        print(f"\nqsx-batch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

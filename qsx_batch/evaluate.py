@@ -1,0 +1,182 @@
+"""Prepare a model, its problem and its data once; then score genomes on them one by one.
+
+This is the single code path behind ``explore`` (in-process) and the SLURM array-task workers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .calibration import apply_amax, calibrate, load_calibration, save_calibration
+from .data import Samples, load_samples
+from .errors import UserError
+from .models import build_model, load_weights
+from .problems import Problem, QuantizationProblem, problem_class
+from .problems.layers import profile_layers, target_layers
+from .result import STATUS_FAILED, STATUS_OK, IndividualResult
+from .workload import DatasetSpec, Workload
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks the GPU when one is visible."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("exploration.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_block(workload: Workload, spec: DatasetSpec, what: str) -> Samples:
+    """Materialize one dataset block of the workload (paths relative to the workload file)."""
+    root = workload.input_path(spec.path) if spec.path else None
+    return load_samples(spec, root, workload.spec.seed, what)
+
+
+def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
+    """The network with its weights, in eval mode, on ``device``."""
+    mspec = workload.spec.model
+    model = build_model(mspec.type, mspec.extra_args)
+    if mspec.weights:
+        load_weights(model, workload.input_path(mspec.weights), mspec.type)
+    return model.eval().to(device)
+
+
+def calibration_fingerprint(workload: Workload) -> dict:
+    spec = workload.spec
+    return {
+        "model": spec.model.model_dump(mode="json"),
+        "calibration": spec.calibration.model_dump(mode="json", exclude={"file"}) if spec.calibration else None,
+        "layers": spec.problem.model_dump(mode="json", exclude={"problem_function"}),
+        "seed": spec.seed,
+    }
+
+
+def calibration_samples(workload: Workload) -> Samples:
+    cal = workload.spec.calibration
+    if cal is None:
+        raise UserError(f"Workload {workload.path}: a quantization problem needs a 'calibration' section.")
+    block = cal.datasets.calibrate
+    if cal.samples is not None and block.sample_limit is None:
+        block = block.model_copy(update={"sample_limit": cal.samples})
+    return load_block(workload, block, "calibration.datasets.calibrate")
+
+
+def ensure_calibration(workload: Workload, problem: QuantizationProblem, device: torch.device,
+                       force: bool = False) -> tuple[str, bool]:
+    """Load the calibration file, or calibrate and write it when missing or ``force``; returns (path, computed)."""
+    path = workload.calibration_file()
+    fingerprint = calibration_fingerprint(workload)
+    if path.exists() and not force:
+        amax, stored = load_calibration(path)
+        if stored and stored != fingerprint:
+            raise UserError(
+                f"Calibration file {path} was made for a different model, weights or calibration setting. "
+                "Run 'qsx-batch calibrate WORKLOAD --force' to redo it, or set calibration.file to another path."
+            )
+        apply_amax(problem.quantizers, amax, path, device)
+        return str(path), False
+    cal = workload.spec.calibration
+    samples = calibration_samples(workload).to(device)
+    problem.configure(None)
+    amax = calibrate(problem.model, problem.quantizers, samples, cal.method, cal.histogram_method, cal.percentile)
+    try:
+        save_calibration(path, amax, fingerprint)
+    except OSError as exc:
+        raise UserError(f"Cannot write calibration file {path}: {exc}.") from None
+    return str(path), True
+
+
+def build_problem(workload: Workload, device: torch.device, calibrate_if_missing: bool = True) -> Problem:
+    """Model + problem for the workload, calibrated when the problem quantizes."""
+    spec = workload.spec
+    cls = problem_class(spec.problem.problem_function)
+    model = load_model(workload, device)
+    modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
+    probe = load_block(workload, spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1}), "probe")
+    layers = profile_layers(model, modules, probe.inputs.to(device))
+    extra = spec.exploration.extra_args
+    if issubclass(cls, QuantizationProblem):
+        method = spec.calibration.method if spec.calibration else "max"
+        problem = cls(model, layers, extra, method)
+        if calibrate_if_missing or workload.calibration_file().exists():
+            ensure_calibration(workload, problem, device)
+        else:
+            raise UserError(f"Calibration file {workload.calibration_file()} is missing; run 'qsx-batch calibrate'.")
+    else:
+        problem = cls(model, layers, extra, device)
+    model.eval()
+    return problem
+
+
+def _slurm_fields() -> dict:
+    env = os.environ
+    job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID", "")
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    return {"slurm_job_id": job, "slurm_array_task_id": int(task) if task else -1, "node": env.get("SLURMD_NODENAME", "")}
+
+
+@dataclass
+class Evaluator:
+    """Scores genomes of one problem on fixed, preloaded sample sets (named 'exploration', 'baseline', ...)."""
+
+    problem: Problem
+    samples: dict[str, Samples]
+    device: torch.device
+
+    def __post_init__(self):
+        self.host = socket.gethostname()
+        self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+        self.slurm = _slurm_fields()
+
+    def _forward(self, samples: Samples) -> int:
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for inputs, labels in samples.batches():
+                correct += (self.problem.model(inputs).argmax(1) == labels).sum()
+        return int(correct)
+
+    def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration") -> IndividualResult:
+        """Score one genome (``None``: the fp32 network) on a named sample set; errors become a failed result."""
+        start = time.perf_counter()
+        samples = self.samples[dataset]
+        lo, _ = self.problem.bounds
+        vector = np.full(len(lo), np.nan) if genome is None else np.asarray(genome, dtype=float)
+        n_layers = len(self.problem.layers)
+        try:
+            self.problem.configure(genome)
+            params = self.problem.fp32_params() if genome is None else self.problem.decode(genome)
+            correct = self._forward(samples)
+            total, already, created = self.problem.read_counts()
+            accuracy = correct / len(samples)
+            cost = self.problem.cost(params, created, len(samples))
+            status, error = STATUS_OK, ""
+        except Exception as exc:  # one bad individual must not stop a search; the error is recorded
+            params = np.full(len(lo), np.nan)
+            correct, accuracy, cost = 0, 0.0, self.problem.worst_cost()
+            total = already = created = np.zeros(n_layers, dtype=np.int64)
+            status, error = STATUS_FAILED, f"{type(exc).__name__}: {exc}"
+        return IndividualResult(
+            genome=vector, params=params, accuracy=accuracy, correct=correct, samples=len(samples), cost=cost,
+            blocks_total=total, blocks_already=already, blocks_created=created,
+            eval_seconds=time.perf_counter() - start, host=self.host, device=str(self.device), status=status,
+            error=error, gpu=self.gpu, **self.slurm,
+        )
+
+
+def prepare_evaluator(workload: Workload, device: torch.device | None = None,
+                      datasets: tuple[str, ...] = ("exploration", "baseline")) -> Evaluator:
+    """Load model, calibration and the named exploration datasets once; return an Evaluator."""
+    device = device or select_device(workload.spec.exploration.device)
+    problem = build_problem(workload, device)
+    blocks = workload.spec.exploration.datasets
+    samples = {}
+    for name in datasets:
+        spec = getattr(blocks, name, None) or blocks.exploration
+        samples[name] = load_block(workload, spec, f"exploration.datasets.{name}").to(device)
+    return Evaluator(problem, samples, device)

@@ -1,0 +1,90 @@
+"""Model registry: built-in networks, torchvision classifiers by name, and ``module.path:callable``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..imports import import_callable, is_import_reference
+from .lenet5 import LeNet5
+from .resnet_cifar import resnet8, resnet20
+
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "resnet8": resnet8,
+    "resnet20": resnet20,
+}
+
+
+def torchvision_model_names() -> list[str]:
+    """The classification models that torchvision can build by name."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def model_names() -> list[str]:
+    """Every name ``model.type`` accepts (besides ``module.path:callable``)."""
+    return sorted(BUILTIN_MODELS) + torchvision_model_names()
+
+
+def _constructor(name: str) -> Callable[..., nn.Module]:
+    if is_import_reference(name):
+        return import_callable(name, "model.type")
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    if name in torchvision_model_names():
+        import torchvision
+
+        return lambda **kwargs: torchvision.models.get_model(name, weights=None, **kwargs)
+    raise UserError(
+        f"Unknown model.type '{name}'. Valid names: {', '.join(model_names())}, "
+        "or your own network as 'module.path:callable'."
+    )
+
+
+def check_model_type(name: str) -> None:
+    """Raise a UserError when ``model.type`` names no model."""
+    _constructor(name)
+
+
+def build_model(name: str, extra_args: dict[str, Any] | None = None) -> nn.Module:
+    """Construct the network (random weights) named by ``model.type``."""
+    try:
+        model = _constructor(name)(**(extra_args or {}))
+    except TypeError as exc:
+        raise UserError(f"model.type '{name}' rejected model.extra_args {extra_args}: {exc}.") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.type '{name}' returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def load_weights(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load a state dict saved with ``torch.save`` (plain or under 'state_dict') into ``model``."""
+    if not path.is_file():
+        raise UserError(f"Weights file {path} (model.weights) does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or corrupt file
+        raise UserError(f"Weights file {path} cannot be read as PyTorch weights: {exc}".strip()) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"Weights file {path} holds a {type(state).__name__}, not a state dict.")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:4]
+        raise UserError(
+            f"Weights file {path} does not fit model.type '{model_name}': " + " ".join(s.strip() for s in first)
+        ) from None
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Save ``model``'s state dict so that :func:`load_weights` reads it back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)

@@ -1,0 +1,80 @@
+"""What every exploration problem provides: a genome space, its decoding, and the cost objective."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from torch import nn
+
+from .layers import LayerInfo
+
+
+class Problem(ABC):
+    """Per-layer settings of one prepared model; a genome is one setting of the whole network.
+
+    Objectives are accuracy (maximized) and ``cost``; ``maximize_cost`` says which way the cost goes.
+    """
+
+    name: str = ""
+    cost_name: str = "cost"
+    cost_unit: str = ""
+    maximize_cost: bool = False
+    counts_blocks: bool = False
+
+    def __init__(self, model: nn.Module, layers: list[LayerInfo]):
+        self.model = model
+        self.layers = layers
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    @abstractmethod
+    def gene_names(self) -> list[str]:
+        """One name per gene (quantizer or layer input)."""
+
+    @property
+    @abstractmethod
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bound of every gene."""
+
+    @property
+    def integer(self) -> bool:
+        """Whether genes are integers (discrete steps or bit widths)."""
+        return True
+
+    @abstractmethod
+    def decode(self, genome: np.ndarray) -> np.ndarray:
+        """The parameters a genome stands for (bit widths or thresholds), one per gene."""
+
+    @abstractmethod
+    def configure(self, genome: np.ndarray | None) -> None:
+        """Set the model to a genome; ``None`` is the unmodified fp32 network."""
+
+    @abstractmethod
+    def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:
+        """The second objective for decoded parameters and measured statistics."""
+
+    def fp32_params(self) -> np.ndarray:
+        """The parameters that stand for the unmodified network (32 bits, or zero thresholds)."""
+        return np.zeros(len(self.gene_names))
+
+    def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per layer: blocks seen, already zero, and newly zeroed in the last evaluation (none by default)."""
+        zeros = np.zeros(len(self.layers), dtype=np.int64)
+        return zeros, zeros, zeros
+
+    def reference_genomes(self) -> dict[str, np.ndarray | None]:
+        """Named settings evaluated as the baseline before the search."""
+        return {"fp32": None}
+
+    def worst_cost(self) -> float:
+        """The cost given to an individual whose evaluation failed."""
+        lo, hi = self.bounds
+        return 0.0 if self.maximize_cost else self.cost(self.decode(hi), np.zeros(len(self.layers)), 1)
+
+    def fitness(self, accuracy: float, cost: float) -> tuple[float, float]:
+        """The two objectives in pymoo's minimization form."""
+        return -accuracy, (-cost if self.maximize_cost else cost)

@@ -1,0 +1,71 @@
+"""Find the layers a problem acts on and measure their size on the real input shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One target layer: its dotted name, type, weight count, and per-sample MACs and input shape."""
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+    input_shape: tuple[int, ...]
+
+
+def target_layers(model: nn.Module, layer_types: list[str], skip: list[str]) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of the given layer types, in model order, minus skipped names."""
+    names = {name for name, _ in model.named_modules()}
+    unknown = [s for s in skip if s not in names]
+    if unknown:
+        raise UserError(f"problem.skip_layers names layers the model does not have: {unknown}.")
+    types = tuple(LAYER_TYPES[t] for t in layer_types)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, types) and n not in skip]
+    if not found:
+        raise UserError(f"The model has no layers of types {layer_types} to act on (problem.layer_types).")
+    return found
+
+
+def _macs(module: nn.Module, out: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        return int(out[0].numel() * per_output)
+    return int(out[0].numel() // module.out_features * module.in_features * module.out_features)
+
+
+def profile_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], sample: torch.Tensor) -> list[LayerInfo]:
+    """Run one sample through ``model`` and record each layer's input shape and MACs per sample."""
+    seen: dict[str, LayerInfo] = {}
+    handles = []
+    for name, module in layers:
+        def hook(mod, inputs, output, name=name):
+            kind = "Conv2d" if isinstance(mod, nn.Conv2d) else "Linear"
+            seen[name] = LayerInfo(name, kind, int(mod.weight.numel()), _macs(mod, output), tuple(inputs[0].shape[1:]))
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(sample[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n, _ in layers if n not in seen]
+    if missing:
+        raise UserError(f"Layers {missing} are never called in the model's forward pass; add them to problem.skip_layers.")
+    return [seen[n] for n, _ in layers]
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``name``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,129 @@
+"""Per-layer thresholds that zero small blocks of each target layer's input feature map.
+
+Tiling: the input of a Conv2d (N, C, H, W) is cut per sample and channel into ``block_size x block_size``
+spatial tiles of the feature map (edge tiles are partial); the input of a Linear layer (N, F) into runs of
+``block_size**2`` consecutive features. A tile's magnitude is its largest absolute value: a tile whose magnitude
+is below the layer's threshold is set to zero. Per layer we count tiles already zero before thresholding and
+tiles the threshold newly zeroed ("created"). All of it is batched tensor code with counters kept on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..workload import ExtraArgs
+from .base import Problem
+from .layers import LayerInfo
+
+
+def threshold_values(extra: ExtraArgs) -> np.ndarray | None:
+    """The discrete threshold steps (``None`` for continuous thresholds).
+
+    linear: ``steps`` evenly spaced values from 0 to ``threshold_limit``; log: 0 followed by ``steps - 1``
+    geometrically spaced values from ``threshold_limit / 1000`` to ``threshold_limit``.
+    """
+    steps, limit = extra.discrete_threshold_steps, extra.threshold_limit
+    if extra.discrete_threshold_method == "linear":
+        return np.linspace(0.0, limit, steps)
+    if extra.discrete_threshold_method == "log":
+        return np.concatenate([[0.0], np.geomspace(limit / 1000.0, limit, steps - 1)])
+    return None
+
+
+class BlockSparsifier:
+    """A forward pre-hook that zeroes sub-threshold tiles of a layer's input and counts tiles."""
+
+    def __init__(self, block_size: int, device: torch.device):
+        self.block = block_size
+        self.threshold = 0.0
+        self.total = torch.zeros((), dtype=torch.long, device=device)
+        self.already = torch.zeros((), dtype=torch.long, device=device)
+        self.below = torch.zeros((), dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        for counter in (self.total, self.already, self.below):
+            counter.zero_()
+
+    def tile_magnitudes(self, x: torch.Tensor) -> torch.Tensor:
+        """Largest absolute value of every tile (shape: N, C, H/b, W/b or N, 1, F/b^2)."""
+        if x.dim() == 4:
+            return F.max_pool2d(x.abs(), self.block, self.block, ceil_mode=True)
+        run = self.block * self.block
+        return F.max_pool1d(x.reshape(x.shape[0], 1, -1).abs(), run, run, ceil_mode=True)
+
+    def expand(self, keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Blow a per-tile mask up to the input's shape."""
+        if like.dim() == 4:
+            mask = keep.repeat_interleave(self.block, 2).repeat_interleave(self.block, 3)
+            return mask[:, :, : like.shape[2], : like.shape[3]]
+        mask = keep.repeat_interleave(self.block * self.block, 2)[:, 0, : like[0].numel()]
+        return mask.reshape(like.shape)
+
+    def __call__(self, module: nn.Module, inputs: tuple) -> tuple:
+        x = inputs[0]
+        mags = self.tile_magnitudes(x)
+        self.total += mags.numel()
+        self.already += (mags == 0).sum()
+        if self.threshold <= 0.0:
+            return None
+        keep = mags >= self.threshold
+        self.below += keep.numel() - keep.sum()
+        return (x * self.expand(keep, x).to(x.dtype), *inputs[1:])
+
+
+class SparsityProblem(Problem):
+    """Genes are threshold step indices (or continuous thresholds), one per target layer input."""
+
+    name = "sparsity_problem"
+    cost_name = "zero_blocks_per_sample"
+    cost_unit = "created zero blocks per sample"
+    maximize_cost = True
+    counts_blocks = True
+
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], extra: ExtraArgs, device: torch.device):
+        super().__init__(model, layers)
+        self.steps = threshold_values(extra)
+        self.limit = extra.threshold_limit
+        self.block_size = extra.block_size
+        self.hooks = [BlockSparsifier(extra.block_size, device) for _ in layers]
+        self.handles = [
+            model.get_submodule(layer.name).register_forward_pre_hook(hook) for layer, hook in zip(layers, self.hooks)
+        ]
+
+    @property
+    def gene_names(self) -> list[str]:
+        return [f"{name}.input" for name in self.layer_names]
+
+    @property
+    def integer(self) -> bool:
+        return self.steps is not None
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.layers)
+        upper = self.limit if self.steps is None else len(self.steps) - 1
+        return np.zeros(n), np.full(n, float(upper))
+
+    def decode(self, genome: np.ndarray) -> np.ndarray:
+        genome = np.asarray(genome, dtype=float)
+        if self.steps is None:
+            return np.clip(genome, 0.0, self.limit)
+        return self.steps[np.clip(np.rint(genome).astype(int), 0, len(self.steps) - 1)]
+
+    def configure(self, genome: np.ndarray | None) -> None:
+        thresholds = np.zeros(len(self.hooks)) if genome is None else self.decode(genome)
+        for hook, t in zip(self.hooks, thresholds):
+            hook.threshold = float(t)
+            hook.reset()
+
+    def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per layer: tiles seen, tiles already zero, tiles newly zeroed since the last ``configure``."""
+        stacked = torch.stack([torch.stack([h.total, h.already, h.below]) for h in self.hooks]).cpu().numpy()
+        total, already, below = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+        return total, already, below - np.minimum(below, already)
+
+    def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:
+        return float(np.sum(blocks_created)) / max(samples, 1)

@@ -1,0 +1,264 @@
+"""The NSGA-II search driven through pymoo's ask/tell interface, shared by ``explore`` and ``launch``.
+
+Each generation the algorithm proposes genomes; genomes already evaluated in this run (or in the results file
+being resumed) come from the cache; the rest go to an executor, and every result is appended to the results
+file the moment it arrives. The seed fixes the whole sequence, so a resumed run proposes the same genomes and
+finds them in the cache.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator as PymooEvaluator
+from pymoo.core.problem import Problem as PymooProblem
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.operators.sampling.rnd import FloatRandomSampling, IntegerRandomSampling
+from pymoo.problems.static import StaticProblem
+from tqdm import tqdm
+
+from .analysis import hypervolume
+from .errors import UserError
+from .problems import Problem
+from .result import IndividualResult, genome_key
+from .store import ResultsWriter, RunHeader, create_results, open_for_append, open_for_reading, read_table
+from .versions import package_versions
+from .workload import NsgaSpec, Workload
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """One evaluation to perform: a genome (``None`` = fp32 network) on a named dataset."""
+
+    genome: np.ndarray | None
+    dataset: str = "exploration"
+    label: str = ""
+
+
+class Executor(Protocol):
+    """Moves evaluation requests to evaluators and their results back, in completion order."""
+
+    def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
+        """Yield (request, result, attempt) for every request, as each result becomes available."""
+
+    def close(self) -> None:
+        """Release workers and jobs."""
+
+
+def make_algorithm(nsga: NsgaSpec, integer: bool) -> NSGA2:
+    """NSGA-II with SBX crossover and polynomial mutation (rounded for integer genes), duplicates eliminated."""
+    repair = {"repair": RoundingRepair()} if integer else {}
+    return NSGA2(
+        pop_size=nsga.pop_size,
+        n_offsprings=nsga.offsprings or nsga.pop_size,
+        sampling=IntegerRandomSampling() if integer else FloatRandomSampling(),
+        crossover=SBX(prob=nsga.crossover_prob, eta=nsga.crossover_eta, vtype=float, **repair),
+        mutation=PM(prob=nsga.mutation_prob, eta=nsga.mutation_eta, vtype=float, **repair),
+        eliminate_duplicates=True,
+    )
+
+
+def run_header(workload: Workload, problem: Problem) -> RunHeader:
+    """The fixed description of a run written into a new results file."""
+    lower, upper = problem.bounds
+    max_blocks = 0.0
+    if problem.counts_blocks:
+        max_blocks = float(sum(_tiles_per_sample(layer.input_shape, problem.block_size) for layer in problem.layers))
+    return RunHeader(
+        workload_name=workload.name, workload_sha256=workload.sha256, workload_yaml=workload.text,
+        workload_path=str(workload.path),
+        problem=problem.name, seed=workload.spec.seed, cost_name=problem.cost_name, cost_unit=problem.cost_unit,
+        maximize_cost=problem.maximize_cost, integer=problem.integer, gene_names=problem.gene_names,
+        lower=lower, upper=upper, layer_names=problem.layer_names,
+        layer_kinds=[layer.kind for layer in problem.layers], layer_params=[layer.params for layer in problem.layers],
+        layer_macs=[layer.macs for layer in problem.layers],
+        layer_input_shapes=["x".join(map(str, layer.input_shape)) for layer in problem.layers],
+        pop_size=workload.spec.exploration.nsga.pop_size, versions=package_versions(),
+        worst_cost=problem.worst_cost(), max_blocks_per_sample=max_blocks,
+    )
+
+
+def _tiles_per_sample(shape: tuple[int, ...], block: int) -> int:
+    if len(shape) == 3:
+        c, h, w = shape
+        return c * -(-h // block) * -(-w // block)
+    return -(-int(np.prod(shape)) // (block * block))
+
+
+@dataclass
+class SearchOptions:
+    skip_baseline: bool = False
+    progress: bool = False
+    verbose: bool = False
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+@dataclass
+class _Scored:
+    row: int
+    fitness: tuple[float, float]
+    constraint: float
+    samples: int
+    seconds: float
+
+
+class Search:
+    """One run: baseline, then ``generations`` rounds of ask, evaluate (cache first), store, tell."""
+
+    def __init__(self, workload: Workload, problem: Problem, executor: Executor, writer: ResultsWriter,
+                 options: SearchOptions):
+        self.workload = workload
+        self.problem = problem
+        self.executor = executor
+        self.writer = writer
+        self.options = options
+        self.cache: dict[tuple, _Scored] = {}
+        self.minimum_accuracy: float | None = None
+        self.stored_generations = 0
+        self._load_stored()
+
+    # -- state from the results file (resume) ---------------------------------------------------------------
+    def _load_stored(self) -> None:
+        f = self.writer.file
+        ind = read_table(f, "individuals")
+        for i, genome in enumerate(ind.get("genome", [])):
+            self.cache[genome_key(genome)] = _Scored(i, tuple(ind["fitness"][i]), float(ind["constraint"][i]),
+                                                    int(ind["samples"][i]), float(ind["eval_seconds"][i]))
+        self.stored_generations = len(read_table(f, "generations")["evaluated"])
+        stored_min = float(f["run/minimum_accuracy"][0])
+        self.minimum_accuracy = None if np.isnan(stored_min) else stored_min
+        self.baseline_done = len(read_table(f, "baseline")["label"]) > 0
+
+    def _log(self, msg: str) -> None:
+        if self.options.verbose:
+            self.options.log(msg)
+
+    # -- baseline ---------------------------------------------------------------------------------------------
+    def run_baseline(self) -> None:
+        """Evaluate the reference settings (fp32, all-upper-limit) unless stored or skipped."""
+        blocks = self.workload.spec.exploration.datasets
+        datasets = ["exploration"] + (["baseline"] if blocks.baseline is not None else [])
+        if not self.baseline_done and not self.options.skip_baseline:
+            requests = [EvalRequest(genome, ds, label) for label, genome in self.problem.reference_genomes().items()
+                        for ds in datasets]
+            for request, result, _ in self.executor.run(requests, generation=-1):
+                self.writer.append_baseline(request.label, request.dataset, result)
+                self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
+                                 f"  {self.problem.cost_name} {result.cost:.6g}"
+                                 + (f"  [{result.status}: {result.error}]" if not result.ok else ""))
+        self._set_constraint()
+
+    def _set_constraint(self) -> None:
+        if self.minimum_accuracy is not None:
+            return
+        spec = self.workload.spec.exploration
+        if spec.minimum_accuracy is not None:
+            self.minimum_accuracy = spec.minimum_accuracy
+        elif spec.allowable_accuracy_drop is not None:
+            base = read_table(self.writer.file, "baseline")
+            match = [a for lab, ds, a in zip(base["label"], base["dataset"], base["accuracy"])
+                     if lab == "fp32" and ds == "exploration"]
+            if not match:
+                raise UserError("exploration.allowable_accuracy_drop needs the fp32 baseline; run without --skip-baseline.")
+            self.minimum_accuracy = match[0] - spec.allowable_accuracy_drop
+        if self.minimum_accuracy is not None:
+            self.writer.set_minimum_accuracy(self.minimum_accuracy)
+            self.options.log(f"accuracy constraint: >= {self.minimum_accuracy:.4f}")
+
+    # -- scoring ----------------------------------------------------------------------------------------------
+    def _score(self, result: IndividualResult) -> tuple[tuple[float, float], float]:
+        if not result.ok:
+            fitness = self.problem.fitness(0.0, self.problem.worst_cost())
+            return fitness, 1.0
+        constraint = 0.0 if self.minimum_accuracy is None else self.minimum_accuracy - result.accuracy
+        return self.problem.fitness(result.accuracy, result.cost), constraint
+
+    def evaluate_generation(self, genomes: np.ndarray, generation: int) -> list[_Scored]:
+        """Scores for every genome: cached ones at once, the rest through the executor (stored on arrival)."""
+        keys = [genome_key(g) for g in genomes]
+        pending: dict[tuple, EvalRequest] = {}
+        for key, genome in zip(keys, genomes):
+            if key not in self.cache and key not in pending:
+                pending[key] = EvalRequest(np.asarray(genome, dtype=float))
+        bar = tqdm(total=len(pending), desc=f"gen {generation}", unit="ind", leave=False,
+                   disable=not self.options.progress or not pending)
+        for request, result, attempt in self.executor.run(list(pending.values()), generation):
+            fitness, constraint = self._score(result)
+            row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
+            self.cache[genome_key(request.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
+            bar.update(1)
+            self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
+                      f"{result.cost:.6g} params {np.array2string(result.params, precision=3, max_line_width=200)}"
+                      + (f" [{result.status}: {result.error}]" if not result.ok else ""))
+        bar.close()
+        missing = [k for k in keys if k not in self.cache]
+        if missing:
+            raise RuntimeError(f"{len(missing)} individuals of generation {generation} returned no result")
+        return [self.cache[k] for k in keys]
+
+    def _record_generation(self, population_rows: list[int]) -> None:
+        ind = read_table(self.writer.file, "individuals")
+        seconds = float(np.sum(ind["eval_seconds"]))
+        samples = int(np.sum(ind["samples"]))
+        hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
+                         ind["status"][population_rows], self.writer.file.attrs)
+        self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.run_baseline()
+        nsga = self.workload.spec.exploration.nsga
+        lower, upper = self.problem.bounds
+        constrained = self.minimum_accuracy is not None
+        pproblem = PymooProblem(n_var=len(lower), n_obj=2, n_ieq_constr=1 if constrained else 0, xl=lower, xu=upper,
+                                vtype=int if self.problem.integer else float)
+        algorithm = make_algorithm(nsga, self.problem.integer)
+        algorithm.setup(pproblem, termination=("n_gen", nsga.generations), seed=self.workload.spec.seed, verbose=False)
+        gen_bar = tqdm(total=nsga.generations, desc="generations", unit="gen", disable=not self.options.progress)
+        for generation in range(nsga.generations):
+            pop = algorithm.ask()
+            scored = self.evaluate_generation(pop.get("X"), generation)
+            F = np.array([s.fitness for s in scored], dtype=float)
+            kwargs = {"G": np.array([[s.constraint] for s in scored])} if constrained else {}
+            PymooEvaluator().eval(StaticProblem(pproblem, F=F, **kwargs), pop)
+            algorithm.tell(infills=pop)
+            survivors = [self.cache[genome_key(x)].row for x in algorithm.pop.get("X")]
+            if generation >= self.stored_generations:
+                self._record_generation(survivors)
+            gen_bar.update(1)
+        gen_bar.close()
+
+
+def open_run(workload: Workload, problem: Problem, output: Path | None, resume: Path | None) -> ResultsWriter:
+    """Create the run's results file, or reopen ``resume`` after checking it belongs to this workload."""
+    if resume is not None:
+        with open_for_reading(resume) as f:
+            stored = f.attrs.get("workload_sha256")
+        if stored != workload.sha256:
+            raise UserError(
+                f"Results file {resume} was written for a different workload (its workload text differs from "
+                f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "
+                "start a new run."
+            )
+        return open_for_append(resume)
+    if output is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        output = workload.results_dir() / f"{workload.name}-{stamp}.h5"
+    return create_results(output, run_header(workload, problem))
+
+
+def stored_workload_text(path: Path) -> str:
+    """The workload YAML stored in a results file (to resume without the original file)."""
+    with open_for_reading(path) as f:
+        text = f.attrs.get("workload_yaml")
+    if not text:
+        raise UserError(f"{path} holds no workload text; is it a qsx-batch results file?")
+    return text

@@ -1,0 +1,76 @@
+"""Train a network's fp32 weights from the workload's ``training`` section (``qsx-batch train``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Samples
+from .errors import UserError
+from .evaluate import load_block, select_device
+from .models import build_model, save_weights
+from .workload import TrainingSpec, Workload
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    loss: float
+    accuracy: float
+
+
+def accuracy_on(model: nn.Module, samples: Samples) -> float:
+    """Top-1 accuracy of ``model`` in eval mode."""
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for inputs, labels in samples.batches():
+            correct += int((model(inputs).argmax(1) == labels).sum())
+    return correct / len(samples)
+
+
+def fit(model: nn.Module, spec: TrainingSpec, train: Samples, validation: Samples | None, seed: int,
+        on_epoch=None) -> list[EpochReport]:
+    """Adam with cross-entropy over shuffled mini-batches; returns loss and accuracy per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    reports = []
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).to(train.inputs.device)
+        total = 0.0
+        for start in range(0, len(train), train.batch_size):
+            idx = order[start:start + train.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(train.inputs[idx]), train.labels[idx])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        acc = accuracy_on(model, validation) if validation is not None else float("nan")
+        reports.append(EpochReport(epoch, total / len(train), acc))
+        if on_epoch:
+            on_epoch(reports[-1])
+    return reports
+
+
+def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list[EpochReport], float]:
+    """Train ``model.type`` from scratch with the workload seed; save to ``output``; return the held-out accuracy."""
+    spec = workload.spec.training
+    if spec is None:
+        raise UserError(f"Workload {workload.path} has no 'training' section to train weights from.")
+    torch.manual_seed(workload.spec.seed)
+    device = select_device(workload.spec.exploration.device)
+    model = build_model(workload.spec.model.type, workload.spec.model.extra_args).to(device)
+    train = load_block(workload, spec.datasets.train, "training.datasets.train").to(device)
+    val = None
+    if spec.datasets.validation is not None:
+        val = load_block(workload, spec.datasets.validation, "training.datasets.validation").to(device)
+    reports = fit(model, spec, train, val, workload.spec.seed, on_epoch)
+    held_out = load_block(workload, workload.spec.exploration.datasets.baseline
+                          or workload.spec.exploration.datasets.exploration, "held-out").to(device)
+    save_weights(model.cpu(), output)
+    return reports, accuracy_on(model.to(device), held_out)
