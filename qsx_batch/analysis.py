@@ -58,3 +58,24 @@ def hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarr
     points = normalized_objectives(np.asarray(objectives)[mask], attrs)
     points = points[(points < REFERENCE_POINT).all(axis=1)]
     return float(HV(ref_point=REFERENCE_POINT)(points)) if len(points) else 0.0
+
+
+def ranking(objectives: np.ndarray, maximize_cost: bool, by: str) -> np.ndarray:
+    """Row order from best to worst: by ``accuracy`` (ties: better cost first) or by ``cost`` (ties: accuracy)."""
+    objectives = np.asarray(objectives, dtype=float).reshape(-1, 2)
+    accuracy_key = -objectives[:, 0]
+    cost_key = -objectives[:, 1] if maximize_cost else objectives[:, 1]
+    keys = (cost_key, accuracy_key) if by == "accuracy" else (accuracy_key, cost_key)
+    return np.lexsort(keys)
+
+
+def cumulative_hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarray,
+                           generation: np.ndarray, attrs: Mapping, generations: int) -> np.ndarray:
+    """Per generation g: the normalized hypervolume of every individual evaluated in generations 0..g."""
+    generation = np.asarray(generation)
+    objectives, constraint, status = np.asarray(objectives), np.asarray(constraint), np.asarray(status)
+    out = np.zeros(generations)
+    for g in range(generations):
+        rows = generation <= g
+        out[g] = hypervolume(objectives[rows], constraint[rows], status[rows], attrs)
+    return out

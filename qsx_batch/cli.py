@@ -8,12 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, blocks, energy_table, inspect_cmd, launch, plots, reevaluate, retrain
 from .errors import UserError
 
 
-class Interrupted(Exception):
-    """SIGTERM or Ctrl-C: stop, keep what is stored, print how to resume."""
+class Interrupted(BaseException):
+    """SIGTERM: stop, keep what is stored, print how to resume (a BaseException, like KeyboardInterrupt, so that
+    no ``except Exception`` on the way, e.g. the evaluator's per-individual error capture, swallows it)."""
 
 
 def _raise_interrupted(signum, frame):
@@ -46,7 +47,7 @@ def workload_for_run(args):
 
 # -- commands ----------------------------------------------------------------------------------------------------
 def cmd_validate(args) -> int:
-    from .data import check_dataset_type
+    from .data import dataset_size
     from .models import check_model_type
     from .problems import problem_class
     from .problems.costs import COST_FUNCTIONS
@@ -61,16 +62,14 @@ def cmd_validate(args) -> int:
     if spec.exploration.extra_args.bit_weighting_function not in COST_FUNCTIONS:
         raise UserError(f"Unknown exploration.extra_args.bit_weighting_function "
                         f"'{spec.exploration.extra_args.bit_weighting_function}'. Valid names: {', '.join(COST_FUNCTIONS)}.")
-    blocks = [("exploration.datasets.exploration", spec.exploration.datasets.exploration),
-              ("exploration.datasets.baseline", spec.exploration.datasets.baseline)]
+    dataset_blocks = [("exploration.datasets.exploration", spec.exploration.datasets.exploration),
+                      ("exploration.datasets.baseline", spec.exploration.datasets.baseline)]
     if spec.calibration:
-        blocks.append(("calibration.datasets.calibrate", spec.calibration.datasets.calibrate))
-    for key, block in blocks:
-        if block is None:
-            continue
-        check_dataset_type(block.type)
-        if block.path and not block.download and not workload.input_path(block.path).exists():
-            raise UserError(f"Workload {workload.path}: {key}.path {workload.input_path(block.path)} does not exist.")
+        dataset_blocks.append(("calibration.datasets.calibrate", spec.calibration.datasets.calibrate))
+    for key, block in dataset_blocks:
+        if block is not None:
+            root = workload.input_path(block.path) if block.path else None
+            dataset_size(block, root, key)
     print(dump_workload(workload), end="")
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0
@@ -82,33 +81,15 @@ def cmd_calibrate(args) -> int:
 
     workload = _load(args)
     device = select_device(args.device or workload.spec.exploration.device)
-    problem = build_problem(workload, device, calibrate_if_missing=False) if not args.force and \
-        workload.calibration_file().exists() else None
-    if problem is None:
-        from .problems import problem_class
-
-        if not issubclass(problem_class(workload.spec.problem.problem_function), QuantizationProblem):
-            raise UserError(f"Workload {workload.path}: only quantization problems are calibrated.")
-        problem = _problem_without_calibration(workload, device)
-        path, _ = ensure_calibration(workload, problem, device, force=True)
+    problem = build_problem(workload, device, calibrate=False)
+    if not isinstance(problem, QuantizationProblem):
+        raise UserError(f"Workload {workload.path}: only quantization problems are calibrated.")
+    path, computed = ensure_calibration(workload, problem, device, force=args.force)
+    if computed:
         print(f"calibrated {len(problem.quantizers)} quantizers -> {path}")
     else:
-        print(f"calibration file {workload.calibration_file()} exists and fits; use --force to redo it")
+        print(f"calibration file {path} exists and fits this workload; use --force to redo it")
     return 0
-
-
-def _problem_without_calibration(workload, device):
-    from .evaluate import load_block, load_model
-    from .problems import problem_class
-    from .problems.layers import profile_layers, target_layers
-
-    spec = workload.spec
-    model = load_model(workload, device)
-    modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
-    probe = load_block(workload, spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1}), "probe")
-    layers = profile_layers(model, modules, probe.inputs.to(device))
-    return problem_class(spec.problem.problem_function)(model, layers, spec.exploration.extra_args,
-                                                      spec.calibration.method if spec.calibration else "max")
 
 
 def cmd_train(args) -> int:
@@ -163,18 +144,6 @@ def run_search(workload, problem, executor, writer, args, command: str) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
-    from .report import load_run, summary_text, table_rows, write_csv
-
-    run = load_run(Path(args.results))
-    print(summary_text(run))
-    if args.csv:
-        rows = run.pareto() if args.pareto_only else range(run.count)
-        write_csv(table_rows(run, rows), Path(args.csv))
-        print(f"\nwrote {len(rows)} rows -> {args.csv}")
-    return 0
-
-
 # -- parser ------------------------------------------------------------------------------------------------------
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
@@ -214,13 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE", help="weights file to write (default: model.weights)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("inspect", help="summarize a results file: baseline, Pareto front, exports")
-    p.add_argument("results", help="results file (.h5)")
-    p.add_argument("--csv", metavar="FILE", help="export individuals as CSV")
-    p.add_argument("--pareto-only", action="store_true", help="with --csv: export only the Pareto front")
-    p.set_defaults(func=cmd_inspect)
-
-    # extra commands: each module adds its own subparser here
+    inspect_cmd.register(sub)
+    plots.register(sub)
+    reevaluate.register(sub)
+    retrain.register(sub)
+    blocks.register(sub)
+    energy_table.register(sub)
+    launch.register(sub)
     return parser
 
 

@@ -5,10 +5,13 @@ This is the single code path behind ``explore`` (in-process) and the SLURM array
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from .errors import UserError
 from .models import build_model, load_weights
 from .problems import Problem, QuantizationProblem, problem_class
 from .problems.layers import profile_layers, target_layers
+from .racing import STATUS_RACED_OUT, RaceContext, stage_sizes
 from .result import STATUS_FAILED, STATUS_OK, IndividualResult
 from .workload import DatasetSpec, Workload
 
@@ -48,6 +52,7 @@ def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
 
 
 def calibration_fingerprint(workload: Workload) -> dict:
+    """What a calibration depends on: model, weights, quantized layers, calibration data and method, seed."""
     spec = workload.spec
     return {
         "model": spec.model.model_dump(mode="json"),
@@ -55,6 +60,12 @@ def calibration_fingerprint(workload: Workload) -> dict:
         "layers": spec.problem.model_dump(mode="json", exclude={"problem_function"}),
         "seed": spec.seed,
     }
+
+
+def calibration_path(workload: Workload) -> Path:
+    """Where the workload's calibration is stored (default name carries a hash of its fingerprint)."""
+    text = json.dumps(calibration_fingerprint(workload), sort_keys=True)
+    return workload.calibration_file(hashlib.sha256(text.encode()).hexdigest())
 
 
 def calibration_samples(workload: Workload) -> Samples:
@@ -70,7 +81,7 @@ def calibration_samples(workload: Workload) -> Samples:
 def ensure_calibration(workload: Workload, problem: QuantizationProblem, device: torch.device,
                        force: bool = False) -> tuple[str, bool]:
     """Load the calibration file, or calibrate and write it when missing or ``force``; returns (path, computed)."""
-    path = workload.calibration_file()
+    path = calibration_path(workload)
     fingerprint = calibration_fingerprint(workload)
     if path.exists() and not force:
         amax, stored = load_calibration(path)
@@ -92,8 +103,8 @@ def ensure_calibration(workload: Workload, problem: QuantizationProblem, device:
     return str(path), True
 
 
-def build_problem(workload: Workload, device: torch.device, calibrate_if_missing: bool = True) -> Problem:
-    """Model + problem for the workload, calibrated when the problem quantizes."""
+def build_problem(workload: Workload, device: torch.device, calibrate: bool = True) -> Problem:
+    """Model + problem for the workload; a quantization problem is calibrated unless ``calibrate`` is false."""
     spec = workload.spec
     cls = problem_class(spec.problem.problem_function)
     model = load_model(workload, device)
@@ -102,12 +113,9 @@ def build_problem(workload: Workload, device: torch.device, calibrate_if_missing
     layers = profile_layers(model, modules, probe.inputs.to(device))
     extra = spec.exploration.extra_args
     if issubclass(cls, QuantizationProblem):
-        method = spec.calibration.method if spec.calibration else "max"
-        problem = cls(model, layers, extra, method)
-        if calibrate_if_missing or workload.calibration_file().exists():
+        problem = cls(model, layers, extra, spec.calibration.method if spec.calibration else "max")
+        if calibrate:
             ensure_calibration(workload, problem, device)
-        else:
-            raise UserError(f"Calibration file {workload.calibration_file()} is missing; run 'qsx-batch calibrate'.")
     else:
         problem = cls(model, layers, extra, device)
     model.eval()
@@ -134,38 +142,60 @@ class Evaluator:
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.slurm = _slurm_fields()
 
-    def _forward(self, samples: Samples) -> int:
+    def _forward(self, samples: Samples, start: int, stop: int) -> int:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            for inputs, labels in samples.batches():
+            for inputs, labels in samples.batches(start, stop):
                 correct += (self.problem.model(inputs).argmax(1) == labels).sum()
         return int(correct)
 
-    def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration") -> IndividualResult:
-        """Score one genome (``None``: the fp32 network) on a named sample set; errors become a failed result."""
+    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[int, int, tuple]:
+        """Forward over the stages; returns (correct, samples used, (reason, low, high) or ())."""
+        total = len(samples)
+        sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]
+        correct = done = 0
+        for n in sizes:
+            correct += self._forward(samples, done, n)
+            done = n
+            if race is not None and n < total:
+                created = self.problem.read_counts()[2]
+                verdict = race.stop_reason(correct, n, self.problem.cost(params, created, n))
+                if verdict[0]:
+                    return correct, done, verdict
+        return correct, done, ()
+
+    def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration",
+                 race: RaceContext | None = None) -> IndividualResult:
+        """Score one genome (``None``: the fp32 network) on a named sample set; errors become a failed result.
+
+        With a race context the genome is scored stage by stage and may stop early (status ``raced_out``).
+        """
         start = time.perf_counter()
         samples = self.samples[dataset]
         lo, _ = self.problem.bounds
         vector = np.full(len(lo), np.nan) if genome is None else np.asarray(genome, dtype=float)
         n_layers = len(self.problem.layers)
+        ci = (np.nan, np.nan)
         try:
             self.problem.configure(genome)
             params = self.problem.fp32_params() if genome is None else self.problem.decode(genome)
-            correct = self._forward(samples)
+            correct, used, raced = self._race(samples, params, race)
             total, already, created = self.problem.read_counts()
-            accuracy = correct / len(samples)
-            cost = self.problem.cost(params, created, len(samples))
+            accuracy = correct / used
+            cost = self.problem.cost(params, created, used)
             status, error = STATUS_OK, ""
+            if raced:
+                status, error, ci = STATUS_RACED_OUT, raced[0], raced[1:]
         except Exception as exc:  # one bad individual must not stop a search; the error is recorded
             params = np.full(len(lo), np.nan)
-            correct, accuracy, cost = 0, 0.0, self.problem.worst_cost()
+            correct, used, accuracy, cost = 0, len(samples), 0.0, self.problem.worst_cost()
             total = already = created = np.zeros(n_layers, dtype=np.int64)
             status, error = STATUS_FAILED, f"{type(exc).__name__}: {exc}"
         return IndividualResult(
-            genome=vector, params=params, accuracy=accuracy, correct=correct, samples=len(samples), cost=cost,
+            genome=vector, params=params, accuracy=accuracy, correct=correct, samples=used, cost=cost,
             blocks_total=total, blocks_already=already, blocks_created=created,
             eval_seconds=time.perf_counter() - start, host=self.host, device=str(self.device), status=status,
-            error=error, gpu=self.gpu, **self.slurm,
+            error=error, gpu=self.gpu, ci_low=float(ci[0]), ci_high=float(ci[1]), **self.slurm,
         )
 
 

@@ -1,4 +1,4 @@
-"""Text summaries and CSV exports of a results file (``qsx-batch inspect``)."""
+"""Text tables and exports (CSV, JSON, pgfplots coordinates) of a results file (``qsx-batch inspect``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from .analysis import pareto_mask, usable
+from .analysis import REFERENCE_POINT, cumulative_hypervolume, pareto_mask, usable
 from .store import check_results_file, open_for_reading, read_strings, read_table
+
+CORE_TABLES = ("individuals", "baseline", "generations")
 
 
 @dataclass
@@ -26,45 +29,83 @@ class RunData:
     baseline: dict[str, np.ndarray]
     generations: dict[str, np.ndarray]
     minimum_accuracy: float
+    follow_ups: dict[str, dict[str, np.ndarray]]
 
     @property
     def count(self) -> int:
         return len(self.individuals["accuracy"])
 
-    def pareto(self) -> np.ndarray:
-        """Row indices of the Pareto front of usable individuals, sorted by cost."""
+    @property
+    def bits(self) -> bool:
+        """Whether the parameters are bit widths (quantization problems) rather than thresholds."""
+        return not bool(self.attrs["maximize_cost"])
+
+    def param_columns(self) -> dict[str, np.ndarray]:
+        """Columns of ``params`` by kind, one per layer: ``input_bits`` and ``weight_bits`` (quantizing runs),
+        ``threshold`` (sparsity and joint runs); found by gene name."""
+        def pick(*suffixes: str) -> np.ndarray:
+            return np.array([i for i, name in enumerate(self.gene_names) if name.endswith(suffixes)], dtype=int)
+
+        if not self.bits:
+            return {"threshold": pick(".input")}
+        columns = {"input_bits": pick(".input", ".input.bits"), "weight_bits": pick(".weight", ".weight.bits")}
+        thresholds = pick(".threshold")
+        return {**columns, "threshold": thresholds} if len(thresholds) else columns
+
+    @property
+    def cost_label(self) -> str:
+        """The cost axis name with its unit, e.g. ``bits_weighted_linear [bits]``."""
+        return f"{self.attrs['cost_name']} [{self.attrs['cost_unit']}]"
+
+    def pareto(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Row indices of the Pareto front of the usable individuals among ``rows`` (default all), by cost."""
         ind = self.individuals
-        mask = pareto_mask(ind["objectives"], bool(self.attrs["maximize_cost"]), usable(ind["constraint"], ind["status"]))
-        rows = np.flatnonzero(mask)
-        return rows[np.argsort(ind["cost"][rows], kind="stable")]
+        mask = usable(ind["constraint"], ind["status"])
+        if rows is not None:
+            mask &= np.isin(np.arange(self.count), rows)
+        front = np.flatnonzero(pareto_mask(ind["objectives"], bool(self.attrs["maximize_cost"]), mask))
+        return front[np.argsort(ind["cost"][front], kind="stable")]
+
+    @property
+    def front_step(self) -> str:
+        """Which side a step line through the cost-sorted front holds its value (pgfplots/matplotlib naming)."""
+        return "right" if bool(self.attrs["maximize_cost"]) else "left"
+
+    def cumulative_hypervolume(self) -> np.ndarray:
+        """Per stored generation: hypervolume of every individual evaluated up to it."""
+        ind = self.individuals
+        return cumulative_hypervolume(ind["objectives"], ind["constraint"], ind["status"], ind["generation"],
+                                      self.attrs, len(self.generations["evaluated"]))
 
 
 def load_run(path: Path) -> RunData:
-    """Read a results file (also one still being written)."""
+    """Read a results file (also one still being written); follow-up tables come along."""
     check_results_file(path)
     with open_for_reading(path) as f:
+        follow_ups = {name: read_table(f, name) for name in f
+                      if name not in CORE_TABLES and isinstance(f[name], h5py.Group) and "count" in f[name]}
         return RunData(
             path=Path(path), attrs=dict(f.attrs), gene_names=read_strings(f, "genes/names"),
             layer_names=read_strings(f, "layers/names"), individuals=read_table(f, "individuals"),
             baseline=read_table(f, "baseline"), generations=read_table(f, "generations"),
-            minimum_accuracy=float(f["run/minimum_accuracy"][0]),
+            minimum_accuracy=float(f["run/minimum_accuracy"][0]), follow_ups=follow_ups,
         )
 
 
-def _format_params(values: np.ndarray, integer_like: bool) -> str:
-    return " ".join(f"{v:g}" if integer_like else f"{v:.3g}" for v in values)
+def format_params(values: np.ndarray, bits: bool) -> str:
+    """Bit widths as integers, thresholds with three significant digits."""
+    return " ".join(f"{v:g}" if bits else f"{v:.3g}" for v in values)
 
 
 def summary_text(run: RunData) -> str:
-    """Run summary, baseline and Pareto front as aligned text tables."""
+    """Run summary and baseline as aligned text."""
     a, ind = run.attrs, run.individuals
     failed = int(np.sum(ind["status"] != "ok")) if run.count else 0
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a["created"])))
-    quant = not bool(a["maximize_cost"])
     lines = [
         f"results    {run.path}",
         f"workload   {a['workload_name']}  (sha256 {str(a['workload_sha256'])[:12]})",
-        f"problem    {a['problem']}   cost: {a['cost_name']} [{a['cost_unit']}] ({'maximized' if not quant else 'minimized'})",
+        f"problem    {a['problem']}   cost: {run.cost_label} ({'minimized' if run.bits else 'maximized'})",
         f"seed       {a['seed']}   created {created}",
         f"evaluated  {run.count} individuals ({failed} failed) in {len(run.generations['evaluated'])} generations,"
         f" {float(np.sum(ind['eval_seconds'])) if run.count else 0.0:.1f} s of evaluation",
@@ -72,24 +113,65 @@ def summary_text(run: RunData) -> str:
     if not np.isnan(run.minimum_accuracy):
         lines.append(f"constraint accuracy >= {run.minimum_accuracy:.4f}")
     if len(run.generations["hypervolume"]):
-        lines.append(f"hypervolume {run.generations['hypervolume'][-1]:.4f} (normalized, reference point (1, 1))")
+        lines.append(f"hypervolume {run.generations['hypervolume'][-1]:.4f} of the last population "
+                     f"(normalized, reference point {tuple(REFERENCE_POINT.tolist())}; --hypervolume: per generation)")
+    if run.follow_ups:
+        tables = ", ".join(f"{name} ({len(t['individual'])} rows)" for name, t in run.follow_ups.items())
+        lines.append(f"follow-ups {tables}")
     base = run.baseline
     if len(base["label"]):
         lines += ["", "baseline", f"  {'setting':<14}{'dataset':<13}{'accuracy':>9}{'samples':>9}  cost"]
         for i in range(len(base["label"])):
             lines.append(f"  {base['label'][i]:<14}{base['dataset'][i]:<13}{base['accuracy'][i]:>9.4f}"
                          f"{base['samples'][i]:>9}  {base['cost'][i]:.6g}")
-    front = run.pareto()
-    header = "bits per quantizer" if quant else "threshold per layer input"
-    lines += ["", f"Pareto front ({len(front)} individuals; {header}: {' '.join(run.gene_names)})",
-              f"  {'#':>5} {'gen':>4} {'accuracy':>9} {'cost':>12}  parameters"]
-    for row in front:
-        lines.append(f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f} {ind['cost'][row]:>12.6g}  "
-                     + _format_params(ind["params"][row], quant))
     return "\n".join(lines)
 
 
-def table_rows(run: RunData, rows: np.ndarray) -> list[dict]:
+def individuals_text(run: RunData, rows: np.ndarray, title: str, energy: np.ndarray | None = None) -> str:
+    """One line per individual: row, generation, accuracy, cost, [energy], parameters (or the error)."""
+    ind = run.individuals
+    kinds = run.param_columns()
+    header = ("bits per quantizer, then threshold per layer input" if "threshold" in kinds else "bits per quantizer") \
+        if run.bits else "threshold per layer input"
+    energy_head = f" {'energy_uJ':>10}" if energy is not None else ""
+    lines = [f"{title} ({len(rows)} individuals; {header}: {' '.join(run.gene_names)})",
+             f"  {'#':>5} {'gen':>4} {'accuracy':>9} {run.attrs['cost_name']:>20}{energy_head}  parameters"]
+    for row in rows:
+        extra = f" {energy[row]:>10.4g}" if energy is not None else ""
+        tail = format_params(ind["params"][row], run.bits) if ind["status"][row] == "ok" else \
+            f"[{ind['status'][row]}: {ind['error'][row]}]"
+        lines.append(f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f} "
+                     f"{ind['cost'][row]:>20.6g}{extra}  {tail}")
+    return "\n".join(lines)
+
+
+def generations_text(run: RunData) -> str:
+    """Per generation: evaluated individuals so far, evaluation time, and both hypervolumes."""
+    gens = run.generations
+    cumulative = run.cumulative_hypervolume()
+    lines = [f"hypervolume per generation (normalized objectives, reference point {tuple(REFERENCE_POINT.tolist())})",
+             f"  {'gen':>4} {'evaluated':>10} {'eval_s':>9} {'population':>11} {'all so far':>11}"]
+    for g in range(len(gens["evaluated"])):
+        lines.append(f"  {g:>4} {gens['evaluated'][g]:>10} {gens['eval_seconds'][g]:>9.1f} "
+                     f"{gens['hypervolume'][g]:>11.4f} {cumulative[g]:>11.4f}")
+    return "\n".join(lines)
+
+
+def follow_up_text(run: RunData) -> str:
+    """Re-evaluations and retraining results stored by ``evaluate`` and ``retrain``."""
+    blocks = []
+    for name, t in run.follow_ups.items():
+        shown = ("individual", "dataset", "epoch", "loss", "accuracy", "samples", "cost", "weights")
+        columns = [c for c in shown if c in t]
+        cells = [[f"{t[c][i]:.4f}" if isinstance(t[c][i], float) else str(t[c][i]) for c in columns]
+                 for i in range(len(t["individual"]))]
+        widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(columns)]
+        lines = [name] + ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [columns] + cells]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def table_rows(run: RunData, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:
     """One flat dict per individual: scores, per-gene parameters and per-layer block counts."""
     ind, out = run.individuals, []
     for row in rows:
@@ -98,6 +180,8 @@ def table_rows(run: RunData, rows: np.ndarray) -> list[dict]:
             "accuracy": float(ind["accuracy"][row]), "cost": float(ind["cost"][row]),
             "constraint": float(ind["constraint"][row]), "eval_seconds": float(ind["eval_seconds"][row]),
         }
+        if energy is not None:
+            record["energy_uj"] = float(energy[row])
         record.update({name: float(v) for name, v in zip(run.gene_names, ind["params"][row])})
         for key in ("blocks_already", "blocks_created"):
             record.update({f"{key}:{name}": int(v) for name, v in zip(run.layer_names, ind[key][row])})
@@ -117,5 +201,29 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def write_json(rows: list[dict], path: Path) -> None:
+    """Write flat records as a JSON list."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))
+
+
+def _coordinates(run: RunData, rows: np.ndarray, style: str, legend: str) -> str:
+    ind = run.individuals
+    points = " ".join(f"({ind['cost'][r]:.8g},{ind['accuracy'][r]:.6f})" for r in rows)
+    return f"\\addplot[{style}] coordinates {{{points}}};\n\\addlegendentry{{{legend}}}\n"
+
+
+def write_tikz(run: RunData, rows: np.ndarray, path: Path) -> None:
+    """pgfplots ``\\addplot coordinates`` for the ok individuals among ``rows`` and their Pareto front.
+
+    ``\\input`` the file inside an ``axis`` environment; x is the cost, y the accuracy (fraction).
+    """
+    ok = rows[run.individuals["status"][rows] == "ok"]
+    front = run.pareto(ok)
+    text = (f"% qsx-batch inspect --tikz: {run.attrs['workload_name']} ({run.attrs['problem']}), {run.path.name}\n"
+            f"% x = {run.cost_label}, y = accuracy (fraction of samples)\n"
+            "% use inside \\begin{axis}[xlabel={cost}, ylabel={accuracy}] ... \\end{axis}: \\input{this file}\n"
+            + _coordinates(run, ok, "only marks, mark=*, mark size=1pt, gray", "individuals")
+            + _coordinates(run, front, f"thick, red, mark=square*, mark size=1.5pt, const plot mark {run.front_step}",
+                           "Pareto front"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +32,8 @@ class IndividualResult:
     slurm_array_task_id: int = -1
     node: str = ""
     gpu: str = ""
-    extra: dict = field(default_factory=dict)
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
 
     @property
     def ok(self) -> bool:

@@ -25,9 +25,10 @@ from pymoo.operators.sampling.rnd import FloatRandomSampling, IntegerRandomSampl
 from pymoo.problems.static import StaticProblem
 from tqdm import tqdm
 
-from .analysis import hypervolume
+from .analysis import hypervolume, pareto_mask, usable
 from .errors import UserError
 from .problems import Problem
+from .racing import STATUS_RACED_OUT, RaceContext
 from .result import IndividualResult, genome_key
 from .store import ResultsWriter, RunHeader, create_results, open_for_append, open_for_reading, read_table
 from .versions import package_versions
@@ -41,6 +42,7 @@ class EvalRequest:
     genome: np.ndarray | None
     dataset: str = "exploration"
     label: str = ""
+    race: RaceContext | None = None
 
 
 class Executor(Protocol):
@@ -135,7 +137,8 @@ class Search:
         self.stored_generations = len(read_table(f, "generations")["evaluated"])
         stored_min = float(f["run/minimum_accuracy"][0])
         self.minimum_accuracy = None if np.isnan(stored_min) else stored_min
-        self.baseline_done = len(read_table(f, "baseline")["label"]) > 0
+        base = read_table(f, "baseline")
+        self.baseline_stored = set(zip(base["label"], base["dataset"]))
 
     def _log(self, msg: str) -> None:
         if self.options.verbose:
@@ -143,12 +146,16 @@ class Search:
 
     # -- baseline ---------------------------------------------------------------------------------------------
     def run_baseline(self) -> None:
-        """Evaluate the reference settings (fp32, all-upper-limit) unless stored or skipped."""
+        """Evaluate the reference settings (fp32, all-upper-limit) not yet stored, unless skipped."""
         blocks = self.workload.spec.exploration.datasets
         datasets = ["exploration"] + (["baseline"] if blocks.baseline is not None else [])
-        if not self.baseline_done and not self.options.skip_baseline:
-            requests = [EvalRequest(genome, ds, label) for label, genome in self.problem.reference_genomes().items()
-                        for ds in datasets]
+        requests = [EvalRequest(genome, ds, label) for label, genome in self.problem.reference_genomes().items()
+                    for ds in datasets]
+        if self.options.skip_baseline:  # the fp32 accuracy is still needed for allowable_accuracy_drop
+            needed = self.workload.spec.exploration.allowable_accuracy_drop is not None
+            requests = [EvalRequest(None, "exploration", "fp32")] if needed else []
+        requests = [r for r in requests if (r.label, r.dataset) not in self.baseline_stored]
+        if requests:
             for request, result, _ in self.executor.run(requests, generation=-1):
                 self.writer.append_baseline(request.label, request.dataset, result)
                 self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
@@ -166,8 +173,6 @@ class Search:
             base = read_table(self.writer.file, "baseline")
             match = [a for lab, ds, a in zip(base["label"], base["dataset"], base["accuracy"])
                      if lab == "fp32" and ds == "exploration"]
-            if not match:
-                raise UserError("exploration.allowable_accuracy_drop needs the fp32 baseline; run without --skip-baseline.")
             self.minimum_accuracy = match[0] - spec.allowable_accuracy_drop
         if self.minimum_accuracy is not None:
             self.writer.set_minimum_accuracy(self.minimum_accuracy)
@@ -175,19 +180,38 @@ class Search:
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def _score(self, result: IndividualResult) -> tuple[tuple[float, float], float]:
-        if not result.ok:
-            fitness = self.problem.fitness(0.0, self.problem.worst_cost())
-            return fitness, 1.0
-        constraint = 0.0 if self.minimum_accuracy is None else self.minimum_accuracy - result.accuracy
-        return self.problem.fitness(result.accuracy, result.cost), constraint
+        """Fitness and constraint; a raced-out individual counts with its accuracy's upper bound, which is
+        infeasible or dominated by construction; a failed one gets the worst fitness."""
+        if result.status == STATUS_RACED_OUT:
+            accuracy = result.ci_high
+        elif not result.ok:
+            return self.problem.fitness(0.0, self.problem.worst_cost()), 1.0
+        else:
+            accuracy = result.accuracy
+        constraint = 0.0 if self.minimum_accuracy is None else self.minimum_accuracy - accuracy
+        return self.problem.fitness(accuracy, result.cost), constraint
+
+    def race_context(self) -> RaceContext | None:
+        """The racing settings and the feasible front of everything stored so far (None: racing off)."""
+        racing = self.workload.spec.exploration.racing
+        if not racing.enabled:
+            return None
+        ind = read_table(self.writer.file, "individuals")
+        front = np.zeros((0, 2))
+        if len(ind["accuracy"]):
+            mask = pareto_mask(ind["objectives"], self.problem.maximize_cost, usable(ind["constraint"], ind["status"]))
+            front = ind["objectives"][mask][:, ::-1]
+        return RaceContext(tuple(racing.stages), racing.confidence, self.minimum_accuracy, front,
+                           self.problem.maximize_cost)
 
     def evaluate_generation(self, genomes: np.ndarray, generation: int) -> list[_Scored]:
         """Scores for every genome: cached ones at once, the rest through the executor (stored on arrival)."""
         keys = [genome_key(g) for g in genomes]
         pending: dict[tuple, EvalRequest] = {}
+        race = self.race_context() if any(k not in self.cache for k in keys) else None
         for key, genome in zip(keys, genomes):
             if key not in self.cache and key not in pending:
-                pending[key] = EvalRequest(np.asarray(genome, dtype=float))
+                pending[key] = EvalRequest(np.asarray(genome, dtype=float), race=race)
         bar = tqdm(total=len(pending), desc=f"gen {generation}", unit="ind", leave=False,
                    disable=not self.options.progress or not pending)
         for request, result, attempt in self.executor.run(list(pending.values()), generation):

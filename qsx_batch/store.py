@@ -53,6 +53,8 @@ COLUMNS: dict[str, tuple[Any, Any]] = {
     "node": (STR, None),
     "gpu": (STR, None),
     "attempt": ("i4", None),
+    "ci_low": ("f8", None),
+    "ci_high": ("f8", None),
 }
 BASELINE_COLUMNS = {**COLUMNS, "label": (STR, None), "dataset": (STR, None)}
 GENERATION_COLUMNS = {
@@ -106,13 +108,15 @@ def _table_count(group: h5py.Group) -> int:
 
 
 def _append_row(group: h5py.Group, row: dict[str, Any]) -> int:
-    """Write one row into every column, then bump ``count`` (the commit point)."""
+    """Write one row into every column and flush, then bump ``count`` (the commit point): a committed row's
+    data (variable-length strings included) is on disk before ``count`` says it exists."""
     index = _table_count(group)
     for name, value in row.items():
         ds = group[name]
         if ds.shape[0] <= index:
             ds.resize(index + 1, axis=0)
         ds[index] = value
+    group.file.flush()
     group["count"][0] = index + 1
     return index
 
@@ -133,7 +137,8 @@ def _result_row(result: IndividualResult, generation: int, fitness: tuple, const
         "generation": generation, "eval_seconds": result.eval_seconds, "finished_at": time.time(),
         "status": result.status, "error": result.error, "host": result.host, "device": result.device,
         "slurm_job_id": result.slurm_job_id, "slurm_array_task_id": result.slurm_array_task_id,
-        "node": result.node, "gpu": result.gpu, "attempt": attempt,
+        "node": result.node, "gpu": result.gpu, "attempt": attempt, "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
     }
 
 
@@ -176,6 +181,15 @@ class ResultsWriter:
         self.file.flush()
         return index
 
+    def append_row(self, table: str, columns: dict[str, tuple[Any, Any]], row: dict[str, Any]) -> int:
+        """Append and flush one row of a follow-up table, created with ``columns`` on first use (needs swmr=False)."""
+        if table not in self.file:
+            widths = {"genes": len(self.file["genes/names"]), "layers": len(self.file["layers/names"])}
+            _create_table(self.file.create_group(table), columns, widths)
+        index = _append_row(self.file[table], row)
+        self.file.flush()
+        return index
+
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()
@@ -212,8 +226,9 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
     if path.exists():
         raise UserError(f"Results file {path} already exists; resume it with --resume {path} or choose --output.")
     lock_fd = _lock(path)
+    building = path.with_name(path.name + ".new")  # readers never see a file before SWMR mode is on
     try:
-        f = h5py.File(path, "w", libver="latest")
+        f = h5py.File(building, "w", libver="latest")
     except OSError as exc:
         os.close(lock_fd)
         raise UserError(f"Cannot create results file {path}: {exc}.") from None
@@ -243,21 +258,38 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
     _create_table(f.create_group("baseline"), BASELINE_COLUMNS, widths)
     _create_table(f.create_group("generations"), GENERATION_COLUMNS, widths)
     f.swmr_mode = True
+    os.replace(building, path)
     return ResultsWriter(path, f, lock_fd)
+
+
+def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
+    """Copy a group; of a table (a group with ``count``) only the committed rows, which a killed writer left
+    intact (rows beyond ``count`` may reference data that never reached the disk)."""
+    dst.attrs.update(dict(src.attrs))
+    count = _table_count(src) if "count" in src else None
+    for key, obj in src.items():
+        if isinstance(obj, h5py.Group):
+            _copy_committed(obj, dst.create_group(key))
+        elif count is None or key == "count":
+            src.copy(obj, dst, name=key)
+        else:
+            dst.create_dataset(key, data=obj[:count], maxshape=(None, *obj.shape[1:]), chunks=obj.chunks,
+                               dtype=obj.dtype)
 
 
 def _copy_clean(path: Path) -> None:
     """Rewrite a file left open-for-write by a killed writer into a clean one (atomic replace)."""
     tmp = path.with_name(path.name + ".recover")
     with h5py.File(path, "r", libver="latest", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
-        dst.attrs.update(dict(src.attrs))
-        for key in src:
-            src.copy(src[key], dst, name=key)
+        _copy_committed(src, dst)
     os.replace(tmp, path)
 
 
-def open_for_append(path: Path) -> ResultsWriter:
-    """Open an existing results file to continue a run (recovering it after a killed writer)."""
+def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
+    """Open an existing results file to continue a run (recovering it after a killed writer).
+
+    ``swmr=False`` keeps the file in plain append mode, in which new tables can be created (follow-up commands).
+    """
     check_results_file(path)
     lock_fd = _lock(path)
     try:
@@ -273,7 +305,8 @@ def open_for_append(path: Path) -> ResultsWriter:
         raise UserError(f"Cannot open results file {path} for writing: {exc}.") from None
     for table in ("individuals", "baseline", "generations"):
         _truncate(f[table])
-    f.swmr_mode = True
+    if swmr:
+        f.swmr_mode = True
     return ResultsWriter(path, f, lock_fd)
 
 
@@ -282,12 +315,32 @@ def open_for_reading(path: Path) -> h5py.File:
     if not Path(path).is_file():
         raise UserError(f"Results file {path} does not exist.")
     try:
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        f = h5py.File(path, "r", libver="latest", swmr=True)
     except OSError:
         try:
             return h5py.File(path, "r")
         except OSError as exc:
             raise UserError(f"{path} is not a readable HDF5 file ({exc}).") from None
+    size, stored = os.path.getsize(path), f.id.get_filesize()
+    if size < stored and not _writer_alive(Path(path)):  # SWMR readers would wait forever for the missing bytes
+        f.close()
+        raise UserError(f"{path} is truncated ({size} of {stored} bytes; an interrupted copy?). Copy it again.")
+    return f
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether a writer holds the lock file beside ``path`` (probed with a shared lock, released at once)."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def check_results_file(path: Path) -> None:

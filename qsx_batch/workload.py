@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 
@@ -75,6 +75,23 @@ class NsgaSpec(_Strict):
     crossover_prob: float = Field(0.9, ge=0, le=1)
 
 
+class EnergySpec(_Strict):
+    """DRAM energy model of ``energy_aware_quant_problem`` (docs/analysis.md)."""
+
+    table: str | None = Field(None, description="CSV of per-layer DRAM transfers matched by layer name (relative to "
+                                                "the workload file); default: the analytic model")
+    buffer_bytes: int = Field(65536, ge=1, description="on-chip buffer of the analytic model [bytes]")
+    pj_per_access: float = Field(640.0, gt=0, description="energy of one DRAM access [pJ]")
+    access_bits: int = Field(32, ge=1, description="bits moved by one DRAM access")
+    output_bits: int = Field(8, ge=1, le=32, description="bit width layer outputs are written back with")
+
+    @field_validator("table")
+    @classmethod
+    def _relative_to_workload(cls, value: str | None, info: ValidationInfo) -> str | None:
+        folder = (info.context or {}).get("folder")
+        return str(Path(folder) / Path(value).expanduser()) if value and folder else value
+
+
 class ExtraArgs(_Strict):
     num_bits_lower_limit: int = 2
     num_bits_upper_limit: int = 8
@@ -83,6 +100,7 @@ class ExtraArgs(_Strict):
     discrete_threshold_method: Literal["linear", "log", "continuous"] = "linear"
     threshold_limit: float = Field(1.0, gt=0)
     block_size: int = Field(8, ge=1)
+    energy: EnergySpec = EnergySpec()
 
     @model_validator(mode="after")
     def _bit_limits(self) -> "ExtraArgs":
@@ -101,8 +119,28 @@ class ExplorationDatasets(_Strict):
     baseline: DatasetSpec | None = None
 
 
+class RacingSpec(_Strict):
+    """Racing evaluation: score on growing prefixes of the subset, stop individuals that cannot matter."""
+
+    enabled: bool = False
+    stages: list[float] = [0.125, 0.25, 0.5, 1.0]
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _stages(self) -> "RacingSpec":
+        stages = self.stages
+        if not stages or any(s <= 0 or s > 1 for s in stages):
+            raise ValueError(f"racing stages {stages} must be fractions in (0, 1]")
+        if any(b <= a for a, b in zip(stages, stages[1:])):
+            raise ValueError(f"racing stages {stages} must be strictly increasing")
+        if stages[-1] != 1.0:
+            self.stages = [*stages, 1.0]
+        return self
+
+
 class ExplorationSpec(_Strict):
     nsga: NsgaSpec = NsgaSpec()
+    racing: RacingSpec = RacingSpec()
     minimum_accuracy: float | None = Field(None, ge=0, le=1)
     allowable_accuracy_drop: float | None = Field(None, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -136,6 +174,24 @@ class ReevaluationSpec(_Strict):
     datasets: ReevaluationDatasets
 
 
+class LaunchSpec(_Strict):
+    """Defaults for ``qsx-batch launch`` (SLURM array jobs); the option of the same name on the command line wins."""
+
+    partition: str | None = None
+    gpus_per_task: int = Field(1, ge=0, description="GPUs per array task (--gres=gpu:N); 0 for CPU-only tasks")
+    individuals_per_task: int = Field(4, ge=1)
+    array_parallelism: int = Field(256, ge=1, description="array tasks running at once (sbatch --array=...%N)")
+    time: int = Field(60, ge=1, description="time limit of one array task in minutes")
+    mem: str | None = Field(None, description="memory per task, sbatch syntax (32G)")
+    account: str | None = None
+    qos: str | None = None
+    container: str | None = Field(None, description="Apptainer image the tasks run their Python in")
+    bind: list[str] = Field([], description="apptainer --bind entries SRC[:DST]")
+    max_retries: int = Field(2, ge=0, description="resubmissions of unfinished individuals (and time-out requeues)")
+    keep_jobs: bool = Field(False, description="leave queued and running tasks alone when the launcher stops")
+    slurm_opt: dict[str, str | int | bool] = Field({}, description="any other sbatch option: {constraint: a100}")
+
+
 class WorkloadSpec(_Strict):
     name: str | None = None
     seed: int = 0
@@ -147,7 +203,7 @@ class WorkloadSpec(_Strict):
     training: TrainingSpec | None = None
     retraining: TrainingSpec | None = None
     reevaluation: ReevaluationSpec | None = None
-    launch: dict[str, Any] | None = None
+    launch: LaunchSpec = LaunchSpec()
 
 
 @dataclass(frozen=True)
@@ -174,11 +230,12 @@ class Workload:
     def results_dir(self) -> Path:
         return Path(self.spec.results).expanduser()
 
-    def calibration_file(self) -> Path:
+    def calibration_file(self, fingerprint: str) -> Path:
+        """``calibration.file``, or a file in the results folder named after the calibration fingerprint."""
         cal = self.spec.calibration
         if cal is not None and cal.file:
             return Path(cal.file).expanduser()
-        return self.results_dir() / f"{self.name}.calib.pt"
+        return self.results_dir() / f"{self.name}.calib-{fingerprint[:10]}.pt"
 
 
 def default_workload_path() -> Path:
@@ -244,7 +301,7 @@ def parse_workload(text: str, path: Path) -> Workload:
     if extra:
         raise UserError(f"Workload {path} has unknown top-level keys {extra}; everything belongs under 'workload:'.")
     try:
-        spec = WorkloadSpec.model_validate(data["workload"] or {})
+        spec = WorkloadSpec.model_validate(data["workload"] or {}, context={"folder": path.resolve().parent})
     except ValidationError as exc:
         raise UserError(_format_errors(path, exc)) from None
     return Workload(spec=spec, path=path.resolve(), text=text)

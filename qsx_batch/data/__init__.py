@@ -37,12 +37,12 @@ class Samples:
     def to(self, device: torch.device) -> "Samples":
         return Samples(self.inputs.to(device), self.labels.to(device), self.batch_size)
 
-    def batches(self, limit: int | None = None):
-        """Yield (inputs, labels) batches over the first ``limit`` samples (all by default)."""
-        stop = len(self) if limit is None else min(limit, len(self))
-        for start in range(0, stop, self.batch_size):
-            end = min(start + self.batch_size, stop)
-            yield self.inputs[start:end], self.labels[start:end]
+    def batches(self, start: int = 0, stop: int | None = None):
+        """Yield (inputs, labels) batches of ``batch_size`` covering samples ``start:stop`` (all by default)."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, self.batch_size):
+            last = min(first + self.batch_size, stop)
+            yield self.inputs[first:last], self.labels[first:last]
 
 
 def _require_root(spec: DatasetSpec, root: Path | None) -> Path:
@@ -94,14 +94,17 @@ def _open_dataset(spec: DatasetSpec, root: Path | None) -> Dataset | tuple[torch
     )
 
 
-def check_dataset_type(name: str) -> None:
-    """Raise a UserError when a dataset ``type`` names no dataset."""
-    if name in DATASET_NAMES:
-        return
-    if is_import_reference(name):
-        import_callable(name, "dataset type")
-        return
-    _open_dataset(DatasetSpec(type=name), None)
+def _open_nonempty(spec: DatasetSpec, root: Path | None, what: str):
+    data = _open_dataset(spec, root)
+    total = len(data[1]) if isinstance(data, tuple) else len(data)
+    if total == 0:
+        raise UserError(f"Dataset {what} (type '{spec.type}', path {root}) is empty.")
+    return data, total
+
+
+def dataset_size(spec: DatasetSpec, root: Path | None, what: str) -> int:
+    """Open a dataset block and return its number of samples (UserError when it is empty or unusable)."""
+    return _open_nonempty(spec, root, what)[1]
 
 
 def subset_indices(total: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
@@ -115,10 +118,7 @@ def subset_indices(total: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
 
 def load_samples(spec: DatasetSpec, root: Path | None, seed: int, what: str) -> Samples:
     """Open a dataset block and materialize its fixed subset as tensors; ``what`` names the block."""
-    data = _open_dataset(spec, root)
-    total = len(data[1]) if isinstance(data, tuple) else len(data)
-    if total == 0:
-        raise UserError(f"Dataset {what} (type '{spec.type}', path {root}) is empty.")
+    data, total = _open_nonempty(spec, root, what)
     index = subset_indices(total, spec, seed)
     if isinstance(data, tuple):
         inputs, labels = data[0][index], data[1][index]

@@ -17,7 +17,7 @@ class LocalExecutor:
 
     def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
         for request in requests:
-            yield request, self.evaluator.evaluate(request.genome, request.dataset), 1
+            yield request, self.evaluator.evaluate(request.genome, request.dataset, request.race), 1
 
     def close(self) -> None:
         """Nothing to release."""

@@ -75,13 +75,18 @@ def load_weights(model: nn.Module, path: Path, model_name: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"Weights file {path} holds a {type(state).__name__}, not a state dict.")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:4]
-        raise UserError(
-            f"Weights file {path} does not fit model.type '{model_name}': " + " ".join(s.strip() for s in first)
-        ) from None
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})" for k, v in expected.items()
+                  if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if problems:
+        raise UserError(f"Weights file {path} does not fit model.type '{model_name}': " + "; ".join(problems) + ".")
+    model.load_state_dict(state, strict=True)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

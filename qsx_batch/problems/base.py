@@ -53,6 +53,10 @@ class Problem(ABC):
     def configure(self, genome: np.ndarray | None) -> None:
         """Set the model to a genome; ``None`` is the unmodified fp32 network."""
 
+    def configure_trainable(self, genome: np.ndarray) -> None:
+        """Set the model to a genome for fine-tuning (gradients reach every weight); same as ``configure`` here."""
+        self.configure(genome)
+
     @abstractmethod
     def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:
         """The second objective for decoded parameters and measured statistics."""

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..quant_modules import quantize_layers
+from ..quant_modules import quant_nn, quantize_layers
 from ..calibration import quantizers_of
 from ..workload import ExtraArgs
 from .base import Problem
@@ -15,12 +15,43 @@ from .costs import COST_FUNCTIONS
 from .layers import LayerInfo
 
 
+def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
+    """pytorch-quantization's signed fake quantization bit for bit, ``clamp(round(x * s), -b, b) / s`` with
+    ``b = 2**(num_bits-1) - 1`` and ``s = b / amax`` (0 where amax <= 2**-24, and 1 for the division there),
+    computed in place with scalar clamp bounds and no host synchronisation."""
+    max_bound = 2.0 ** (num_bits - 1) - 1.0
+    scale = torch.full_like(amax, max_bound) / amax
+    zero = amax <= 1.0 / (1 << 24)
+    out = inputs * torch.where(zero, 0.0, scale)
+    out.round_().clamp_(-max_bound if narrow_range else -max_bound - 1.0, max_bound)
+    return out.div_(torch.where(zero, 1.0, scale))
+
+
+class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
+    """A TensorQuantizer that fake-quantizes with :func:`fake_quant` when no gradient is needed (the library
+    clamps with tensor bounds, several times slower on CPU). Training, dynamic or learned amax, unsigned and
+    non-fp32 tensors keep the library's own path."""
+
+    def _fast(self, inputs: torch.Tensor) -> bool:
+        amax = getattr(self, "_amax", None)
+        return (amax is not None and amax.dtype == torch.float32 and inputs.dtype == torch.float32
+                and self._fake_quant and not self._learn_amax and not self._unsigned
+                and not quant_nn.TensorQuantizer.use_fb_fake_quant
+                and not (inputs.requires_grad and torch.is_grad_enabled()))
+
+    def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self._fast(inputs):
+            return super()._quant_forward(inputs)
+        return fake_quant(inputs, self._get_amax(inputs), self._num_bits, self._narrow_range)
+
+
 class QuantizationProblem(Problem):
     """Genes are integer bit widths in [num_bits_lower_limit, num_bits_upper_limit], ordered
     ``layer.input, layer.weight`` for each layer in model order.
 
     Weights are fake-quantized once per individual (not on every batch): ``configure`` writes the quantized
-    weights into the layer and bypasses the weight quantizer; inputs are quantized on every batch.
+    weights into the layer and bypasses the weight quantizer; inputs are quantized on every batch. The
+    quantizers are :class:`InferenceTensorQuantizer` (same numbers as pytorch-quantization, faster).
     """
 
     name = "quantization_problem"
@@ -37,6 +68,8 @@ class QuantizationProblem(Problem):
         self.lower, self.upper = extra.num_bits_lower_limit, extra.num_bits_upper_limit
         self.modules = quantize_layers(model, self.layer_names, calib_method)
         self.quantizers = quantizers_of(list(zip(self.layer_names, self.modules)))
+        for _, q in self.quantizers:
+            q.__class__ = InferenceTensorQuantizer  # same state and numbers, faster without autograd
         self.fp32_weights = [m.weight.detach().clone() for m in self.modules]
 
     @property
@@ -59,9 +92,9 @@ class QuantizationProblem(Problem):
 
     @torch.no_grad()
     def configure(self, genome: np.ndarray | None) -> None:
-        for module, weight in zip(self.modules, self.fp32_weights):
-            module.weight.copy_(weight)
         if genome is None:
+            for module, weight in zip(self.modules, self.fp32_weights):
+                module.weight.copy_(weight)
             for _, q in self.quantizers:
                 q.disable()
             return
@@ -69,9 +102,17 @@ class QuantizationProblem(Problem):
         for (_, q), b in zip(self.quantizers, bits):
             q._num_bits = int(b)
             q.enable()
-        for module in self.modules:
-            module.weight.copy_(module._weight_quantizer(module.weight))
+        for module, weight in zip(self.modules, self.fp32_weights):
+            module.weight.copy_(module._weight_quantizer(weight))
             module._weight_quantizer.disable()
+
+    @torch.no_grad()
+    def configure_trainable(self, genome: np.ndarray) -> None:
+        """Bit widths of ``genome`` with fp32 weights fake-quantized on every forward pass (quantization-aware training)."""
+        self.configure(genome)
+        for module, weight in zip(self.modules, self.fp32_weights):
+            module.weight.copy_(weight)
+            module._weight_quantizer.enable()
 
     def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:
         bits = np.asarray(params)

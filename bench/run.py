@@ -1,0 +1,326 @@
+"""Benchmark the evaluation path of qsx-batch against plain fp32 inference, and the default run end to end.
+
+Usage: ``python bench/run.py [--quick] [--device cpu|cuda] [--threads N] --json out.json``
+
+Every ratio is measured in this one process: per round the plain fp32 network, a quantization individual and a
+sparsity individual are timed one after the other on the same preloaded samples (the order rotates from round
+to round), and the figure is the median of the per-round ratios. The end-to-end figures run the embedded default
+workloads with ``qsx-batch explore`` in a temporary folder. Method and results: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from qsx_batch.calibration import calibrate
+from qsx_batch.data import Samples
+from qsx_batch.evaluate import Evaluator, build_problem, load_block, load_model
+from qsx_batch.executors import LocalExecutor
+from qsx_batch.models import build_model
+from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
+from qsx_batch.problems.layers import profile_layers, target_layers
+from qsx_batch.search import Search, SearchOptions, run_header
+from qsx_batch.store import create_results, open_for_append, read_table
+from qsx_batch.workload import Workload, default_workload_path, load_workload
+
+WORKLOADS = default_workload_path().parent
+QUANT_WORKLOAD = WORKLOADS / "lenet5_mnist_quantization.yaml"
+SPARSE_WORKLOAD = WORKLOADS / "lenet5_mnist_sparsity.yaml"
+TARGETS = {"quant": 1.3, "sparse": 2.0}
+QUICK_GENERATIONS = 5  # --quick runs the default workloads with this many generations instead of their 25
+
+
+@dataclass(frozen=True)
+class Case:
+    """One network and input size whose evaluation is compared with plain fp32 inference."""
+
+    name: str
+    model: str
+    image_size: int
+    samples: int
+    batch_size: int
+
+
+FULL_CASES = [
+    Case("lenet5_mnist_28", "lenet5", 28, 1000, 500),
+    Case("resnet18_32", "resnet18", 32, 512, 128),
+    Case("resnet18_224", "resnet18", 224, 16, 8),
+]
+QUICK_CASES = [
+    Case("lenet5_mnist_28", "lenet5", 28, 1000, 500),
+    Case("resnet18_32", "resnet18", 32, 128, 64),
+    Case("resnet18_224", "resnet18", 224, 4, 4),
+]
+
+
+# -- building the cases --------------------------------------------------------------------------------------------
+def case_inputs(case: Case, device: torch.device) -> tuple[nn.Module, Samples]:
+    """The fp32 network and its preloaded samples: LeNet-5 with the embedded MNIST digits and trained weights of
+    the default workload, ResNet-18 with random weights and random images (timing does not depend on them)."""
+    if case.model == "lenet5":
+        workload = load_workload(QUANT_WORKLOAD)
+        block = workload.spec.exploration.datasets.exploration.model_copy(
+            update={"sample_limit": case.samples, "batch_size": case.batch_size})
+        return load_model(workload, device), load_block(workload, block, "bench").to(device)
+    torch.manual_seed(0)
+    model = build_model(case.model).eval().to(device)
+    inputs = torch.randn(case.samples, 3, case.image_size, case.image_size)
+    labels = torch.randint(0, 1000, (case.samples,))
+    return model, Samples(inputs, labels, case.batch_size).to(device)
+
+
+def problem_for(kind: str, model: nn.Module, samples: Samples, device: torch.device) -> Problem:
+    """A quantization (calibrated with max on the samples) or sparsity problem on every Conv2d/Linear layer,
+    with the extra_args of the embedded default workloads."""
+    layers = profile_layers(model, target_layers(model, ["Conv2d", "Linear"], []), samples.inputs[:1])
+    if kind == "quant":
+        problem = QuantizationProblem(model, layers, load_workload(QUANT_WORKLOAD).spec.exploration.extra_args, "max")
+        calibrate(model, problem.quantizers, samples, "max", "percentile", 99.99)
+        return problem
+    return SparsityProblem(model, layers, load_workload(SPARSE_WORKLOAD).spec.exploration.extra_args, device)
+
+
+def evaluator_for(kind: str, case: Case, device: torch.device) -> Evaluator:
+    """An Evaluator (the one scoring path of qsx-batch) of a fresh copy of the case's network."""
+    model, samples = case_inputs(case, device)
+    return Evaluator(problem_for(kind, model, samples, device), {"exploration": samples}, device)
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+def fp32_seconds(model: nn.Module, samples: Samples) -> float:
+    """Plain inference of the unmodified network over the samples, counting correct predictions."""
+    start = time.perf_counter()
+    correct = torch.zeros((), dtype=torch.long, device=samples.labels.device)
+    with torch.inference_mode():
+        for inputs, labels in samples.batches():
+            correct += (model(inputs).argmax(1) == labels).sum()
+    int(correct)
+    return time.perf_counter() - start
+
+
+def eval_seconds(evaluator: Evaluator, genome: np.ndarray) -> float:
+    """Wall time of ``Evaluator.evaluate`` (configure + forward + counts) for one genome."""
+    start = time.perf_counter()
+    result = evaluator.evaluate(genome)
+    seconds = time.perf_counter() - start
+    if not result.ok:
+        raise RuntimeError(f"benchmark individual failed: {result.error}")
+    return seconds
+
+
+def random_genome(problem: Problem, rng: np.random.Generator) -> np.ndarray:
+    lo, hi = problem.bounds
+    return rng.integers(lo.astype(int), hi.astype(int) + 1).astype(float)
+
+
+def ratio_case(case: Case, rounds: int, device: torch.device) -> dict:
+    """Median ratios quant_eval/fp32_infer and sparse_eval/fp32_infer over interleaved rounds."""
+    model, samples = case_inputs(case, device)
+    evaluators = {kind: evaluator_for(kind, case, device) for kind in ("quant", "sparse")}
+    rng = np.random.default_rng(0)
+    timers = {
+        "fp32": lambda: fp32_seconds(model, samples),
+        "quant": lambda: eval_seconds(evaluators["quant"], random_genome(evaluators["quant"].problem, rng)),
+        "sparse": lambda: eval_seconds(evaluators["sparse"], random_genome(evaluators["sparse"].problem, rng)),
+    }
+    for timer in timers.values():  # warm-up: first-call allocations and kernel selection
+        timer()
+    seconds: dict[str, list[float]] = {name: [] for name in timers}
+    order = list(timers)
+    for r in range(rounds):
+        for name in order[r % len(order):] + order[: r % len(order)]:
+            seconds[name].append(timers[name]())
+    ratios = {kind: statistics.median(np.divide(seconds[kind], seconds["fp32"])) for kind in ("quant", "sparse")}
+    return {
+        "case": case.name, "samples": case.samples, "batch_size": case.batch_size, "rounds": rounds,
+        "fp32_seconds": statistics.median(seconds["fp32"]),
+        "quant_seconds": statistics.median(seconds["quant"]),
+        "sparse_seconds": statistics.median(seconds["sparse"]),
+        "quant_eval/fp32_infer": ratios["quant"], "sparse_eval/fp32_infer": ratios["sparse"],
+    }
+
+
+def cpu_agreement(kind: str, case: Case, device: torch.device, genomes: int = 4) -> int:
+    """The largest difference in correct predictions between ``device`` and the CPU over the fp32 network and
+    a few random genomes (the issue asks for at most one sample)."""
+    here, cpu = evaluator_for(kind, case, device), evaluator_for(kind, case, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    chosen = [None] + [random_genome(here.problem, rng) for _ in range(genomes)]
+    return max(abs(here.evaluate(g).correct - cpu.evaluate(g).correct) for g in chosen)
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+def workload_copy(source: Path, folder: Path, generations: int | None) -> Path:
+    """An embedded workload rewritten into ``folder``: absolute weights path, results under ``folder``, and
+    ``generations`` in place of its own when given."""
+    data = yaml.safe_load(source.read_text())
+    spec = data["workload"]
+    spec["model"]["weights"] = str((source.parent / spec["model"]["weights"]).resolve())
+    spec["results"] = str(folder / "results")
+    if generations:
+        spec["exploration"]["nsga"]["generations"] = generations
+    path = folder / source.name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_command(command: list[str], threads: int | None) -> float:
+    """Run a command to its end and return its wall seconds; it is interrupted with us (Ctrl-C or SIGTERM)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    start = time.perf_counter()
+    with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            _, errors = proc.communicate()
+        except BaseException:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{errors[-2000:]}")
+    return time.perf_counter() - start
+
+
+def explore_run(source: Path, folder: Path, generations: int | None, device: torch.device,
+                threads: int | None) -> dict:
+    """``qsx-batch explore`` of an embedded workload in a fresh process (calibration included), its results
+    file, and what the file costs per individual beyond its header."""
+    path = workload_copy(source, folder, generations)
+    output = folder / f"{source.stem}.h5"
+    seconds = run_command([sys.executable, "-m", "qsx_batch.cli", "explore", str(path), "--output", str(output),
+                           "--device", device.type], threads)
+    workload = load_workload(path)
+    problem = build_problem(workload, device)
+    create_results(folder / f"{source.stem}-header.h5", run_header(workload, problem)).close()
+    header = (folder / f"{source.stem}-header.h5").stat().st_size
+    with h5py.File(output, "r", swmr=True) as f:
+        individuals = int(f["individuals/count"][0])
+        baseline = int(f["baseline/count"][0])
+        eval_seconds = f["individuals/eval_seconds"][:individuals]
+        finished = f["individuals/finished_at"][:individuals]
+    size = output.stat().st_size
+    return {
+        "workload": source.name, "generations": workload.spec.exploration.nsga.generations, "seconds": seconds,
+        "individuals": individuals, "baseline_rows": baseline,
+        "evaluations_per_second": (individuals + baseline) / seconds, "mean_eval_seconds": float(np.mean(eval_seconds)),
+        "search_store_seconds_per_individual": float(finished[-1] - finished[0] - np.sum(eval_seconds[1:])) / (individuals - 1),
+        "h5_bytes": size, "h5_header_bytes": header, "h5_bytes_per_individual": (size - header) / individuals,
+        "cache_hit_seconds": cache_hit_seconds(workload, problem, output, device),
+    }
+
+
+def cache_hit_seconds(workload: Workload, problem: Problem, results: Path, device: torch.device) -> float:
+    """Seconds per genome for the search to score genomes that the results file already holds."""
+    writer = open_for_append(results)
+    try:
+        search = Search(workload, problem, LocalExecutor(Evaluator(problem, {}, device)), writer, SearchOptions())
+        genomes = read_table(writer.file, "individuals")["genome"]
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            search.evaluate_generation(genomes, generation=0)
+            best = min(best, time.perf_counter() - start)
+        return best / len(genomes)
+    finally:
+        writer.close()
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+def machine(device: torch.device) -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
+def print_table(report: dict) -> None:
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+          f"device {m['device']} {m['gpu']}".rstrip())
+    print(f"{'case':<18}{'N':>6}{'fp32 s':>10}{'quant s':>10}{'quant/fp32':>12}{'sparse s':>10}{'sparse/fp32':>13}")
+    for row in report["ratios"]:
+        print(f"{row['case']:<18}{row['samples']:>6}{row['fp32_seconds']:>10.4f}{row['quant_seconds']:>10.4f}"
+              f"{row['quant_eval/fp32_infer']:>12.2f}{row['sparse_seconds']:>10.4f}{row['sparse_eval/fp32_infer']:>13.2f}")
+    print(f"targets: quant/fp32 <= {TARGETS['quant']}, sparse/fp32 <= {TARGETS['sparse']}")
+    for name, run in report["explore"].items():
+        print(f"explore {name:<6}: {run['seconds']:.1f} s for {run['generations']} generations, {run['individuals']} "
+              f"individuals + {run['baseline_rows']} baseline, {run['evaluations_per_second']:.1f} evaluations/s, "
+              f"mean eval {run['mean_eval_seconds'] * 1e3:.1f} ms + search/store "
+              f"{run['search_store_seconds_per_individual'] * 1e3:.1f} ms per individual, "
+              f"{run['h5_bytes_per_individual']:.0f} h5 bytes/individual (header {run['h5_header_bytes']} bytes), "
+              f"cache hit {run['cache_hit_seconds'] * 1e6:.1f} us/genome")
+    for case, diff in report.get("cpu_agreement", {}).items():
+        print(f"{report['machine']['device']} vs cpu, {case}: correct predictions differ by at most {diff} samples")
+    print("launcher overhead per generation: python bench/launcher_overhead.py (SLURM cluster)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"fewer samples and rounds, {QUICK_GENERATIONS} generations per explore run")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads here and in the explore runs (default 1: stable on a shared machine; "
+                             "0: torch's choice)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5, --quick 3)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures and the machine as JSON")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the explore child too (see run_command)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rounds = args.rounds or (3 if args.quick else 5)
+    command = " ".join(["python bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    report: dict = {"command": command, "quick": args.quick,
+                    "machine": machine(device), "targets": TARGETS, "ratios": [], "explore": {}}
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    for case in cases:
+        report["ratios"].append(ratio_case(case, rounds, device))
+        print(f"measured {case.name}", file=sys.stderr)
+    if device.type != "cpu":
+        report["cpu_agreement"] = {f"{cases[0].name} {kind}": cpu_agreement(kind, cases[0], device)
+                                   for kind in ("quant", "sparse")}
+    generations = QUICK_GENERATIONS if args.quick else None
+    with tempfile.TemporaryDirectory(prefix="qsx-bench-") as tmp:
+        for name, workload in (("quant", QUANT_WORKLOAD), ("sparse", SPARSE_WORKLOAD)):
+            report["explore"][name] = explore_run(workload, Path(tmp), generations, device, args.threads)
+            print(f"ran explore {name}", file=sys.stderr)
+    quant_run = report["explore"]["quant"]
+    report["explore_default_seconds"] = quant_run["seconds"]
+    report["explore_default_generations"] = quant_run["generations"]
+    report["evaluations_per_second"] = quant_run["evaluations_per_second"]
+    report["cache_hit_seconds"] = quant_run["cache_hit_seconds"]
+    report["h5_bytes_per_individual"] = {k: v["h5_bytes_per_individual"] for k, v in report["explore"].items()}
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

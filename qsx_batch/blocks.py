@@ -1,0 +1,102 @@
+"""``qsx-batch blocks``: per layer, how many blocks its input has and how many are zero before any threshold.
+
+Blocks are the tiles of the sparsity problem (``exploration.extra_args.block_size``; see
+qsx_batch/problems/sparsity.py). The counts come from one fp32 pass (all thresholds 0) over the exploration
+data, through the same Evaluator as the search; a quantization workload is measured as its sparsity twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class BlockStats:
+    """Per-layer block counts of one workload on its exploration data."""
+
+    layers: list[str]
+    input_shapes: list[str]
+    block_size: int
+    samples: int
+    total: np.ndarray
+    already: np.ndarray
+
+    def rows(self) -> list[dict]:
+        """One record per layer: blocks per sample, zero blocks over all samples and their share."""
+        return [{"layer": name, "input_shape": shape, "block_size": self.block_size,
+                 "blocks_per_sample": int(total // self.samples), "blocks_total": int(total),
+                 "zero_blocks": int(already), "zero_share": float(already / total) if total else 0.0}
+                for name, shape, total, already in zip(self.layers, self.input_shapes, self.total, self.already)]
+
+
+def sparsity_twin(workload, block_size: int | None) -> "Workload":  # noqa: F821
+    """The workload with the sparsity problem (and ``block_size`` when given) in place of its own problem."""
+    from .workload import Workload
+
+    spec = workload.spec
+    extra = spec.exploration.extra_args
+    if block_size is not None:
+        extra = extra.model_copy(update={"block_size": block_size})
+    exploration = spec.exploration.model_copy(update={"extra_args": extra})
+    problem = spec.problem.model_copy(update={"problem_function": "sparsity_problem"})
+    return Workload(spec.model_copy(update={"problem": problem, "exploration": exploration}), workload.path,
+                    workload.text)
+
+
+def block_stats(workload, device=None, block_size: int | None = None) -> BlockStats:
+    """Count blocks per layer with every threshold at 0 on the workload's exploration data."""
+    from .errors import UserError
+    from .evaluate import prepare_evaluator
+
+    twin = sparsity_twin(workload, block_size)
+    evaluator = prepare_evaluator(twin, device, datasets=("exploration",))
+    result = evaluator.evaluate(None, "exploration")
+    if not result.ok:
+        raise UserError(f"Counting blocks of workload {workload.path} failed: {result.error}")
+    layers = evaluator.problem.layers
+    return BlockStats([layer.name for layer in layers], ["x".join(map(str, layer.input_shape)) for layer in layers],
+                      twin.spec.exploration.extra_args.block_size, result.samples, result.blocks_total,
+                      result.blocks_already)
+
+
+def stats_text(stats: BlockStats) -> str:
+    """An aligned table of the per-layer counts."""
+    lines = [f"blocks of {stats.block_size}x{stats.block_size} (Linear: runs of {stats.block_size ** 2} features) "
+             f"over {stats.samples} exploration samples, all thresholds 0",
+             f"  {'layer':<16}{'input':>14}{'per sample':>12}{'total':>12}{'already zero':>14}{'share':>8}"]
+    for r in stats.rows():
+        lines.append(f"  {r['layer']:<16}{r['input_shape']:>14}{r['blocks_per_sample']:>12}{r['blocks_total']:>12}"
+                     f"{r['zero_blocks']:>14}{r['zero_share']:>8.1%}")
+    return "\n".join(lines)
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from .errors import UserError
+    from .evaluate import select_device
+    from .report import write_csv
+    from .workload import load_workload
+
+    if args.block_size is not None and args.block_size < 1:
+        raise UserError(f"--block-size {args.block_size}: a block is at least 1 element wide.")
+    workload = load_workload(args.workload)
+    device = select_device(args.device or workload.spec.exploration.device)
+    stats = block_stats(workload, device, args.block_size)
+    print(stats_text(stats))
+    if args.csv:
+        write_csv(stats.rows(), Path(args.csv))
+        print(f"wrote {len(stats.layers)} layers -> {args.csv}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``blocks`` subcommand."""
+    p = sub.add_parser("blocks", help="per layer: blocks of block_size in its input, and blocks already zero")
+    p.add_argument("workload", nargs="?", help="workload YAML file (default: the embedded LeNet-5/MNIST workload)")
+    p.add_argument("--block-size", type=int, metavar="B", help="override exploration.extra_args.block_size")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override exploration.device")
+    p.set_defaults(func=cmd_blocks)

@@ -1,0 +1,97 @@
+"""``qsx-batch retrain``: fine-tune chosen individuals with their bit widths (or thresholds) fixed.
+
+Every individual starts from a FRESH model built from the workload's weights file and calibration, with its
+own optimizer; weights stay fp32 and are fake-quantized on every forward pass (straight-through gradients), so
+the fine-tuned weights fit the individual's bit widths. Train and validation data come from the workload's
+``retraining`` section. Validation accuracy before (epoch 0) and after every epoch goes to the table
+``retraining`` of the results file; each fine-tuned model is saved as ``<out>/individual-<row>.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UserError
+
+TABLE = "retraining"
+
+
+def table_columns() -> dict:
+    """Columns of the ``retraining`` table: one row per individual and epoch (epoch 0: before fine-tuning)."""
+    from .store import STR
+
+    return {"individual": ("i8", None), "epoch": ("i4", None), "loss": ("f8", None), "accuracy": ("f8", None),
+            "samples": ("i8", None), "learning_rate": ("f8", None), "weights": (STR, None), "finished_at": ("f8", None)}
+
+
+def save_finetuned(problem, path: Path, row: int) -> None:
+    """Save the fine-tuned fp32 weights (loadable as ``model.weights``) with the quantizer amax and parameters."""
+    import torch
+
+    state = problem.model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": {k: v.cpu() for k, v in state.items() if "_quantizer." not in k},
+        "quantizers": {k: v.cpu() for k, v in state.items() if "_quantizer." in k},
+        "individual": int(row),
+        "gene_names": list(problem.gene_names),
+    }, path)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import time
+
+    from .evaluate import build_problem, load_block, select_device
+    from .followup import load_followup
+    from .store import open_for_append
+    from .train import accuracy_on, fit
+
+    job = load_followup(args)
+    workload = job.workload
+    spec = workload.spec.retraining
+    if spec is None:
+        raise UserError(f"Workload {workload.path} has no 'retraining' section (epochs, learning_rate, datasets.train, "
+                        "datasets.validation) to fine-tune with.")
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UserError(f"--epochs {args.epochs}: give at least 1 epoch.")
+        spec = spec.model_copy(update={"epochs": args.epochs})
+    device = select_device(args.device or workload.spec.exploration.device)
+    train = load_block(workload, spec.datasets.train, "retraining.datasets.train").to(device)
+    val_spec = spec.datasets.validation or workload.spec.exploration.datasets.exploration
+    validation = load_block(workload, val_spec, "retraining.datasets.validation").to(device)
+    out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-retrained")
+    first = build_problem(workload, device)
+    job.check_problem(first)
+    with open_for_append(job.run.path, swmr=False) as writer:
+        for i, row in enumerate(job.rows):
+            problem = first if i == 0 else build_problem(workload, device)  # fresh model from the weights file
+            weights = out / f"individual-{row}.pt"
+
+            def store(epoch: int, loss: float, accuracy: float) -> None:
+                writer.append_row(TABLE, table_columns(), {
+                    "individual": row, "epoch": epoch, "loss": loss, "accuracy": accuracy, "samples": len(validation),
+                    "learning_rate": spec.learning_rate, "weights": str(weights.resolve()), "finished_at": time.time()})
+                print(f"#{row:<5} epoch {epoch:>3}: loss {loss:.4f}  validation accuracy {accuracy:.4f}")
+
+            problem.configure_trainable(job.genome(row))
+            store(0, float("nan"), accuracy_on(problem.model, validation))
+            fit(problem.model, spec, train, validation, workload.spec.seed,
+                on_epoch=lambda r: store(r.epoch, r.loss, r.accuracy))
+            save_finetuned(problem, weights, row)
+            print(f"#{row:<5} fine-tuned weights -> {weights}")
+    print(f"accuracy per epoch stored in {job.run.path} (table '{TABLE}'); see: qsx-batch inspect {job.run.path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``retrain`` subcommand."""
+    from .followup import add_followup_parser
+
+    p = add_followup_parser(sub, "retrain", "quantization-aware fine-tuning of chosen individuals (bit widths fixed)",
+                            "Fine-tune each chosen individual from a fresh copy of the base weights with the "
+                            "workload's 'retraining' section; store accuracy per epoch and the weights.")
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs per individual (default: retraining.epochs)")
+    p.add_argument("--out", metavar="DIR", help="folder for the fine-tuned weights (default: <results stem>-retrained)")
+    p.set_defaults(func=cmd_retrain)

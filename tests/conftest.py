@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny real workloads on the embedded LeNet-5 / MNIST data, written to tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qsx_batch.workload import default_workload_path
+
+WEIGHTS = default_workload_path().parent.parent / "weights" / "lenet5_mnist.pt"
+WORKLOADS = default_workload_path().parent
+
+
+def tiny_workload_dict(problem: str = "quantization", tmp_path: Path | None = None, **nsga) -> dict:
+    """The embedded workload of ``problem`` shrunk to seconds: small population, few generations, 200 samples."""
+    data = yaml.safe_load((WORKLOADS / f"lenet5_mnist_{problem}.yaml").read_text())
+    w = data["workload"]
+    w["model"]["weights"] = str(WEIGHTS)
+    if tmp_path is not None:
+        w["results"] = str(tmp_path / "results")
+    w["exploration"]["nsga"].update({"pop_size": 6, "offsprings": 6, "generations": 2, **nsga})
+    w["exploration"]["datasets"]["exploration"]["sample_limit"] = 200
+    w["exploration"]["datasets"]["baseline"]["sample_limit"] = 300
+    return data
+
+
+def write_workload(tmp_path: Path, data: dict, name: str = "workload.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def quant_workload(tmp_path) -> Path:
+    """A tiny quantization workload file (pop 6, 2 generations, 200 samples)."""
+    return write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path), "quantization.yaml")
+
+
+@pytest.fixture
+def sparsity_workload(tmp_path) -> Path:
+    """A tiny sparsity workload file (pop 6, 2 generations, 200 samples)."""
+    return write_workload(tmp_path, tiny_workload_dict("sparsity", tmp_path), "sparsity.yaml")
