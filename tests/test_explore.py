@@ -124,8 +124,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     assert _explore(workload, reference) == 0
 
     out = tmp_path / "killed.h5"
+    # restore SIGINT in the child: a shell that started the test run in the background may have ignored it
     proc = subprocess.Popen([sys.executable, "-m", "qsx_batch.cli", "explore", str(workload), "-o", str(out)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_rows(out, 9, proc)
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
