@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import signal
 import sys
 from pathlib import Path
 
 from . import __version__, blocks, energy_table, inspect_cmd, launch, plots, reevaluate, retrain
 from .errors import UserError
-
-
-class Interrupted(BaseException):
-    """SIGTERM: stop, keep what is stored, print how to resume (a BaseException, like KeyboardInterrupt, so that
-    no ``except Exception`` on the way, e.g. the evaluator's per-individual error capture, swallows it)."""
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+from .interrupts import Interrupted, stop_requests
 
 
 def _workload_arg(p: argparse.ArgumentParser) -> None:
@@ -199,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        return args.func(args)
+        with stop_requests():
+            return args.func(args)
     except UserError as exc:
         print(f"qsx-batch {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import UserError
+from .interrupts import raise_if_requested
 
 TABLE = "reevaluations"
 RESULT_FIELDS = ("genome", "params", "accuracy", "correct", "samples", "cost", "blocks_total", "blocks_already",
@@ -72,6 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 writer.append_row(TABLE, table_columns(), {
                     "individual": row, "dataset": key, **{k: getattr(result, k) for k in RESULT_FIELDS},
                     "finished_at": time.time()})
+                raise_if_requested()
                 shown = f"{result.accuracy:>13.4f}" if result.ok else f"  [{result.status}: {result.error}]"
                 print(f"{row:>5} {ind['accuracy'][row]:>9.4f} {shown} {result.samples:>8} {result.cost:>20.6g}")
         finally:

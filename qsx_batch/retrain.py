@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
+from .interrupts import raise_if_requested
 
 TABLE = "retraining"
 
@@ -73,6 +74,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 writer.append_row(TABLE, table_columns(), {
                     "individual": row, "epoch": epoch, "loss": loss, "accuracy": accuracy, "samples": len(validation),
                     "learning_rate": spec.learning_rate, "weights": str(weights.resolve()), "finished_at": time.time()})
+                raise_if_requested()
                 print(f"#{row:<5} epoch {epoch:>3}: loss {loss:.4f}  validation accuracy {accuracy:.4f}")
 
             problem.configure_trainable(job.genome(row))

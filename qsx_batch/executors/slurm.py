@@ -29,6 +29,7 @@ from submitit.core.utils import FailedJobError
 from submitit.helpers import clean_env
 
 from ..errors import UserError
+from ..interrupts import raise_if_requested
 from ..problems import Problem
 from ..result import STATUS_FAILED, IndividualResult
 from ..search import EvalRequest
@@ -201,6 +202,7 @@ class SlurmExecutor:
         start = last_check = time.monotonic()
         while live:
             time.sleep(self.poll_s)
+            raise_if_requested()
             yield from self._collect(shards, pending)
             if time.monotonic() - last_check >= self._state_interval(start):
                 submitit.SlurmJob.watcher.update()
