@@ -40,6 +40,12 @@ def register(sub) -> None:
     )
     p.add_argument("workload", nargs="?", help="workload YAML file (default: the embedded LeNet-5/MNIST quantization)")
     add_run_options(p)
+    add_slurm_options(p)
+    p.set_defaults(func=cmd_launch)
+
+
+def add_slurm_options(p: argparse.ArgumentParser) -> None:
+    """The array-task options (one per LaunchSpec field), shared by ``launch`` and ``evaluate``."""
     g = p.add_argument_group("SLURM")
     g.add_argument("--partition", help="partition of the array tasks (default: the cluster's default partition)")
     g.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs per task, as --gres=gpu:N (default 1; 0: CPU)")
@@ -58,7 +64,11 @@ def register(sub) -> None:
                    help="on Ctrl-C/SIGTERM leave queued and running tasks alone (default: cancel them)")
     g.add_argument("--slurm-opt", action="append", type=_slurm_opt, metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. constraint=a100 (repeatable; KEY alone is a flag)")
-    p.set_defaults(func=cmd_launch)
+
+
+def slurm_options_given(args: argparse.Namespace) -> bool:
+    """Whether any array-task option was given on the command line."""
+    return any(getattr(args, name, None) is not None for name in LaunchSpec.model_fields)
 
 
 def _slurm_opt(text: str) -> tuple[str, str | bool]:

@@ -185,6 +185,38 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
     assert len(keys) == len(set(keys)) == 6
 
 
+def test_evaluate_through_slurm_matches_local_retries_and_skips_stored(slurm, tmp_path, monkeypatch, capsys):
+    workload = write_workload(tmp_path)
+    out, local = tmp_path / "run.h5", tmp_path / "local.h5"
+    assert main(["explore", str(workload), "--output", str(out), "--skip-baseline"]) == 0
+    shutil.copy(out, local)
+    rows = ["--index", "0", "1", "2", "3"]
+    assert main(["evaluate", str(local), *rows]) == 0
+
+    monkeypatch.setenv(FAULT, "raise")  # array task 0 raises after its first result: one individual is resubmitted
+    slurm_args = ["--partition", "cpu", "--gpus-per-task", "0", "--individuals-per-task", "2"]
+    assert main(["evaluate", str(out), *rows, *slurm_args]) == 0
+    assert "resubmitting 1 individuals" in capsys.readouterr().err
+    with open_for_reading(out) as f:
+        remote = read_table(f, "reevaluations")
+    with open_for_reading(local) as f:
+        here = read_table(f, "reevaluations")
+    order = np.argsort(remote["individual"])
+    assert list(remote["individual"][order]) == [0, 1, 2, 3] and set(remote["status"]) == {"ok"}
+    assert set(remote["dataset"]) == {"reevaluation.datasets.reevaluate"}
+    assert np.array_equal(remote["correct"][order], here["correct"])  # the same genomes on the same samples
+    assert np.array_equal(remote["cost"][order], here["cost"])
+    assert all(re.fullmatch(r"\d+", job) for job in remote["slurm_job_id"]) and all(remote["node"])
+    assert len(set(remote["slurm_job_id"])) == 2  # the array job of two tasks, and the resubmission
+    assert not list((tmp_path / "run.jobs").glob("evaluate-*/shards-*"))  # the result channel is cleaned up
+
+    monkeypatch.delenv(FAULT)
+    assert main(["evaluate", str(out), *rows, "--slurm"]) == 0  # everything is stored: nothing is submitted
+    assert capsys.readouterr().out.count("(stored before)") == 4
+    with open_for_reading(out) as f:
+        assert len(read_table(f, "reevaluations")["individual"]) == 4
+
+
 def test_cancelled_task_is_resubmitted_and_timed_out_task_requeued(slurm, tmp_path):
     workload = write_workload(tmp_path, constraint={"minimum_accuracy": 0.5})
     out = tmp_path / "run.h5"

@@ -161,7 +161,7 @@ class SlurmExecutor:
     def __init__(self, workload: Workload, problem: Problem, settings: LaunchSpec, jobs_dir: Path, token: str,
                  device: str | None = None, prepare: Prepare | None = None, verbose: bool = False,
                  log: Callable[[str], None] = _stderr, poll_s: float = 0.5, state_poll_s: float = 10.0,
-                 settle_s: float = 60.0):
+                 settle_s: float = 60.0, phase: str | None = None):
         self.workload = workload
         self.problem = problem
         self.settings = settings
@@ -175,6 +175,7 @@ class SlurmExecutor:
         self.poll_s = poll_s
         self.state_poll_s = state_poll_s
         self.settle_s = settle_s
+        self.phase = phase
         self.max_array_size = max_array_size()
         self.python = container_python(settings.container, settings.bind) if settings.container else None
         self.parameters = {
@@ -242,7 +243,7 @@ class SlurmExecutor:
         tasks = []
         for start in range(0, len(chunks), self.max_array_size):
             group = chunks[start: start + self.max_array_size]
-            folder = self.jobs_dir / f"{_name(generation)}-a{attempt}-{uuid.uuid4().hex[:8]}"
+            folder = self.jobs_dir / f"{self._stage(generation)}-a{attempt}-{uuid.uuid4().hex[:8]}"
             executor = submitit.SlurmExecutor(folder, max_num_timeout=self.settings.max_retries, python=self.python)
             executor.update_parameters(**self.parameters)
             work = [EvaluateChunk(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device,
@@ -251,15 +252,16 @@ class SlurmExecutor:
                 with clean_env():
                     jobs = executor.submit_array(work)
             except FailedJobError as exc:
-                raise UserError(f"sbatch refused the array job of {_name(generation)}: {str(exc).strip()}\n"
-                                "Every result so far is stored; fix the setting and continue with --resume.") from None
+                raise UserError(f"sbatch refused the array job of {self._stage(generation)}: {str(exc).strip()}\n"
+                                "Every result so far is stored; fix the setting and run again (launch: with "
+                                "--resume; evaluate skips individuals already re-evaluated).") from None
             array = _Array(jobs[0].job_id.partition("_")[0], folder,
                            [_Task(job, chunk, attempt) for job, chunk in zip(jobs, group)])
             self._active.append(array)
             tasks += array.tasks
             if self.verbose:
-                self.log(f"{_name(generation)} attempt {attempt}: SLURM job {array.job_id}, {len(group)} tasks of "
-                         f"up to {per} individuals -> {folder}")
+                self.log(f"{self._stage(generation)} attempt {attempt}: SLURM job {array.job_id}, {len(group)} "
+                         f"tasks of up to {per} individuals -> {folder}")
         return tasks
 
     # -- following --------------------------------------------------------------------------------------------
@@ -286,11 +288,11 @@ class SlurmExecutor:
                 continue
             text = task.outcome()[1]
             if task.attempt <= self.settings.max_retries:
-                self.log(f"{_name(generation)}: {text}; resubmitting {len(missing)} individuals "
+                self.log(f"{self._stage(generation)}: {text}; resubmitting {len(missing)} individuals "
                          f"(attempt {task.attempt + 1} of {self.settings.max_retries + 1})")
                 retry.setdefault(task.attempt + 1, []).extend(missing)
                 continue
-            self.log(f"{_name(generation)}: {text}; {len(missing)} individuals recorded as failed")
+            self.log(f"{self._stage(generation)}: {text}; {len(missing)} individuals recorded as failed")
             for key in missing:
                 yield pending[key], self._failed(pending.pop(key), text, task), task.attempt
         return [task for attempt, keys in retry.items()
@@ -328,6 +330,11 @@ class SlurmExecutor:
             ids = queued_job_ids(self.job_name)
         for folder in self.jobs_dir.glob("*/"):
             _remove_pickles(folder)
+
+    def _stage(self, generation: int) -> str:
+        """What log lines and submission folders call the requests of one run() call: the phase (one word) given,
+        else the generation."""
+        return self.phase or _name(generation)
 
     def _state_interval(self, start: float) -> float:
         """Seconds between SLURM state queries: 2 s at first, growing to state_poll_s (light on slurmdbd)."""
