@@ -276,6 +276,8 @@ def test_resume_after_sigkill_reuses_every_evaluation(slurm, tmp_path):
 @pytest.mark.parametrize("options, message", [
     (["--partition", "nosuchpartition"], "invalid partition"),
     (["--gpus-per-task", "9"], "Requested node configuration is not available"),
+    (["--account", "nosuchaccount"], "Invalid account"),
+    (["--qos", "nosuchqos"], "Invalid qos"),
     (["--individuals-per-task", "0"], "--individuals-per-task"),
     (["--slurm-opt", "time=5"], "reserved"),
     (["--container", "missing.sif"], "does not exist"),

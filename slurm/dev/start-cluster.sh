@@ -216,6 +216,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu
+# Like production sites: jobs need a known account/user association and QOS (bad --account/--qos are refused).
+AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 $gres_types
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB$gres_node State=UNKNOWN
