@@ -1,8 +1,9 @@
 """The run's HDF5 results file: one writer appends each individual as soon as it exists.
 
 The writer keeps the file in HDF5 SWMR mode, so readers (``qsx-batch inspect``) open it while a run is going.
-Every table has a ``count`` dataset written last for each row: a process killed in the middle of an append
-leaves at most a partial row beyond ``count``, which readers ignore and the next writer truncates. A file left
+Every table has a ``count`` dataset written last for each row. Columns grow one chunk at a time, so rows beyond
+``count`` are spare or a partial row of a process killed mid-append: readers ignore them, a clean close and the
+next writer trim them. A file left
 behind by a killed writer still carries HDF5's "open for write" flag; :func:`open_for_append` copies it into a
 clean file (readers open it with ``swmr=True`` meanwhile). Layout: docs/results-format.md.
 """
@@ -26,6 +27,7 @@ from .result import IndividualResult
 FORMAT = "qsx-batch-results"
 FORMAT_VERSION = 1
 STR = h5py.string_dtype()
+GROW_ROWS = 64  # rows added to every column of a table at once (the chunk length)
 
 # column name -> (dtype, width); width "genes"/"layers" is filled in per run, 2 is the objective pair.
 COLUMNS: dict[str, tuple[Any, Any]] = {
@@ -107,25 +109,38 @@ def _table_count(group: h5py.Group) -> int:
     return int(group["count"][0])
 
 
-def _append_row(group: h5py.Group, row: dict[str, Any]) -> int:
-    """Write one row into every column and flush, then bump ``count`` (the commit point): a committed row's
-    data (variable-length strings included) is on disk before ``count`` says it exists."""
-    index = _table_count(group)
-    for name, value in row.items():
-        ds = group[name]
-        if ds.shape[0] <= index:
-            ds.resize(index + 1, axis=0)
-        ds[index] = value
-    group.file.flush()
-    group["count"][0] = index + 1
-    return index
+class _Table:
+    """Appends rows to one table: column datasets looked up once and grown ``GROW_ROWS`` rows (one chunk) at a
+    time, so an append is one write per column; :meth:`trim` cuts the columns back to the committed rows."""
 
+    def __init__(self, group: h5py.Group):
+        self.count = group["count"]
+        self.columns = {name: ds for name, ds in group.items() if name != "count"}
+        self.rows = int(self.count[0])
+        self.capacity = min((ds.shape[0] for ds in self.columns.values()), default=0)
 
-def _truncate(group: h5py.Group) -> None:
-    count = _table_count(group)
-    for name, ds in group.items():
-        if name != "count" and ds.shape[0] > count:
-            ds.resize(count, axis=0)
+    def append(self, row: dict[str, Any]) -> int:
+        """Write one row into every column and flush, then bump ``count`` (the commit point) and flush: a
+        committed row's data (variable-length strings included) is on disk before ``count`` says it exists."""
+        index = self.rows
+        if index >= self.capacity:
+            self.capacity = index + GROW_ROWS
+            for ds in self.columns.values():
+                ds.resize(self.capacity, axis=0)
+        for name, value in row.items():
+            self.columns[name][index] = value
+        self.count.file.flush()
+        self.count[0] = index + 1
+        self.count.file.flush()
+        self.rows = index + 1
+        return index
+
+    def trim(self) -> None:
+        """Cut every column to the committed rows (rows beyond ``count`` are spare or from a killed writer)."""
+        for ds in self.columns.values():
+            if ds.shape[0] != self.rows:
+                ds.resize(self.rows, axis=0)
+        self.capacity = self.rows
 
 
 def _result_row(result: IndividualResult, generation: int, fitness: tuple, constraint: float, attempt: int) -> dict:
@@ -149,21 +164,23 @@ class ResultsWriter:
         self.path = path
         self.file = file
         self._lock_fd = lock_fd
+        self._tables: dict[str, _Table] = {}
+
+    def _table(self, name: str) -> _Table:
+        if name not in self._tables:
+            self._tables[name] = _Table(self.file[name])
+        return self._tables[name]
 
     # -- writing -------------------------------------------------------------------------------------------
     def append_individual(self, result: IndividualResult, generation: int, fitness: tuple, constraint: float,
                           attempt: int = 1) -> int:
         """Append and flush one individual; returns its row index."""
-        index = _append_row(self.file["individuals"], _result_row(result, generation, fitness, constraint, attempt))
-        self.file.flush()
-        return index
+        return self._table("individuals").append(_result_row(result, generation, fitness, constraint, attempt))
 
     def append_baseline(self, label: str, dataset: str, result: IndividualResult) -> int:
         row = _result_row(result, -1, (np.nan, np.nan), np.nan, 1)
         row.update(label=label, dataset=dataset)
-        index = _append_row(self.file["baseline"], row)
-        self.file.flush()
-        return index
+        return self._table("baseline").append(row)
 
     def set_minimum_accuracy(self, value: float) -> None:
         self.file["run/minimum_accuracy"][0] = value
@@ -174,24 +191,26 @@ class ResultsWriter:
         width = self.file["generations/population"].shape[1]
         pop = np.full(width, -1, dtype=np.int64)
         pop[: len(population)] = population[:width]
-        index = _append_row(self.file["generations"], {
+        return self._table("generations").append({
             "population": pop, "evaluated": evaluated, "eval_seconds": eval_seconds, "samples": samples,
             "hypervolume": hypervolume, "finished_at": time.time(),
         })
-        self.file.flush()
-        return index
 
     def append_row(self, table: str, columns: dict[str, tuple[Any, Any]], row: dict[str, Any]) -> int:
         """Append and flush one row of a follow-up table, created with ``columns`` on first use (needs swmr=False)."""
         if table not in self.file:
             widths = {"genes": len(self.file["genes/names"]), "layers": len(self.file["layers/names"])}
             _create_table(self.file.create_group(table), columns, widths)
-        index = _append_row(self.file[table], row)
-        self.file.flush()
-        return index
+        return self._table(table).append(row)
 
     def close(self) -> None:
+        """Trim the tables to their rows, close the file and release the lock."""
         if self.file.id.valid:
+            try:
+                for table in self._tables.values():
+                    table.trim()
+            except OSError:  # e.g. a full disk: rows beyond count are ignored by readers and trimmed on reopen
+                pass
             self.file.close()
         if self._lock_fd >= 0:
             lock_path = self.path.with_name(self.path.name + ".lock")
@@ -304,7 +323,7 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
         os.close(lock_fd)
         raise UserError(f"Cannot open results file {path} for writing: {exc}.") from None
     for table in ("individuals", "baseline", "generations"):
-        _truncate(f[table])
+        _Table(f[table]).trim()
     if swmr:
         f.swmr_mode = True
     return ResultsWriter(path, f, lock_fd)

@@ -42,6 +42,9 @@ def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_pat
         assert f["generations/population"].shape == (2, 6)
         labels = list(f["baseline/label"].asstr()[:])
         assert labels.count("fp32") == 2 and labels.count("all_8_bit") == 2
+        for table in ("individuals", "baseline", "generations"):  # columns grow by chunks, trimmed at close
+            rows = int(f[f"{table}/count"][0])
+            assert {ds.shape[0] for name, ds in f[table].items() if name != "count"} == {rows}
     run = load_run(out)
     ind = run.individuals
     assert len(set(_genomes(out))) == run.count  # no genome evaluated twice
