@@ -11,9 +11,11 @@ workloads with ``qsx-batch explore`` in a temporary folder. Method and results: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,6 +38,7 @@ from qsx_batch.executors import LocalExecutor
 from qsx_batch.models import build_model
 from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
 from qsx_batch.problems.layers import profile_layers, target_layers
+from qsx_batch.result import IndividualResult
 from qsx_batch.search import Search, SearchOptions, run_header
 from qsx_batch.store import create_results, open_for_append, read_table
 from qsx_batch.workload import Workload, default_workload_path, load_workload
@@ -222,6 +225,7 @@ def explore_run(source: Path, folder: Path, generations: int | None, device: tor
         "search_store_seconds_per_individual": float(finished[-1] - finished[0] - np.sum(eval_seconds[1:])) / (individuals - 1),
         "h5_bytes": size, "h5_header_bytes": header, "h5_bytes_per_individual": (size - header) / individuals,
         "cache_hit_seconds": cache_hit_seconds(workload, problem, output, device),
+        "store_append_seconds": store_append_seconds(output),
     }
 
 
@@ -239,6 +243,24 @@ def cache_hit_seconds(workload: Workload, problem: Problem, results: Path, devic
         return best / len(genomes)
     finally:
         writer.close()
+
+
+def store_append_seconds(results: Path, rows: int = 256) -> float:
+    """Seconds to append one individual to a copy of a finished results file (its stored rows appended again)."""
+    copy = results.with_name(results.stem + "-append.h5")
+    shutil.copy(results, copy)
+    writer = open_for_append(copy)
+    try:
+        table = read_table(writer.file, "individuals")
+        fields = [f.name for f in dataclasses.fields(IndividualResult)]
+        stored = [IndividualResult(**{name: table[name][i] for name in fields}) for i in range(len(table["genome"]))]
+        start = time.perf_counter()
+        for i in range(rows):
+            writer.append_individual(stored[i % len(stored)], generation=0, fitness=(0.0, 0.0), constraint=0.0)
+        return (time.perf_counter() - start) / rows
+    finally:
+        writer.close()
+        copy.unlink()
 
 
 # -- report --------------------------------------------------------------------------------------------------------
@@ -272,7 +294,8 @@ def print_table(report: dict) -> None:
               f"mean eval {run['mean_eval_seconds'] * 1e3:.1f} ms + search/store "
               f"{run['search_store_seconds_per_individual'] * 1e3:.1f} ms per individual, "
               f"{run['h5_bytes_per_individual']:.0f} h5 bytes/individual (header {run['h5_header_bytes']} bytes), "
-              f"cache hit {run['cache_hit_seconds'] * 1e6:.1f} us/genome")
+              f"cache hit {run['cache_hit_seconds'] * 1e6:.1f} us/genome, "
+              f"store append {run['store_append_seconds'] * 1e3:.2f} ms/row")
     for case, diff in report.get("cpu_agreement", {}).items():
         print(f"{report['machine']['device']} vs cpu, {case}: correct predictions differ by at most {diff} samples")
     print("launcher overhead per generation: python bench/launcher_overhead.py (SLURM cluster)")
@@ -315,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     report["explore_default_generations"] = quant_run["generations"]
     report["evaluations_per_second"] = quant_run["evaluations_per_second"]
     report["cache_hit_seconds"] = quant_run["cache_hit_seconds"]
+    report["store_append_seconds"] = quant_run["store_append_seconds"]
     report["h5_bytes_per_individual"] = {k: v["h5_bytes_per_individual"] for k, v in report["explore"].items()}
     print_table(report)
     if args.json:
