@@ -51,8 +51,9 @@ def require_slurm_clients() -> None:
     missing = [name for name in clients if shutil.which(name) is None]
     if missing:
         raise UserError(
-            f"{', '.join(missing)} not found on PATH: this machine is not a SLURM login node. Run the search on "
-            "this machine with 'qsx-batch explore WORKLOAD', or run 'qsx-batch launch' where SLURM's commands are."
+            f"{', '.join(missing)} not found on PATH: this machine is not a SLURM login node. Work on this machine "
+            "instead ('qsx-batch explore WORKLOAD' for a search, 'qsx-batch evaluate' without SLURM options), or "
+            "run the command where SLURM's commands are."
         )
 
 
