@@ -2,8 +2,9 @@
 
 Python raises KeyboardInterrupt wherever the main thread happens to be. When that is a weakref callback or a
 ``__del__`` (h5py and torch run many), Python prints "Exception ignored in ..." and the run goes on as if nothing
-happened. So the handlers here also remember the request, and the loops that store results call
-:func:`raise_if_requested` after each stored row: a swallowed signal still stops the run at the next row.
+happened. So the handlers here also remember the request, and :func:`raise_if_requested` runs where work
+continues: the executors before each evaluation and on each poll, ``retrain`` after each stored epoch. A
+swallowed signal still stops the run before the next evaluation.
 """
 
 from __future__ import annotations

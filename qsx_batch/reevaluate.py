@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .errors import UserError
-from .interrupts import Interrupted, raise_if_requested
+from .interrupts import Interrupted
 
 TABLE = "reevaluations"
 RESULT_FIELDS = ("genome", "params", "accuracy", "correct", "samples", "cost", "blocks_total", "blocks_already",
@@ -139,7 +139,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 writer.append_row(TABLE, table_columns(), {
                     "individual": row, "dataset": key, **{k: getattr(result, k) for k in RESULT_FIELDS},
                     "finished_at": time.time()})
-                raise_if_requested()
                 shown = f"{result.accuracy:>13.4f}" if result.ok else f"  [{result.status}: {result.error}]"
                 print(f"{row:>5} {ind['accuracy'][row]:>9.4f} {shown} {result.samples:>8} {result.cost:>20.6g}",
                       flush=True)

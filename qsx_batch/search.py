@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from .analysis import hypervolume, pareto_mask, usable
 from .errors import UserError
-from .interrupts import raise_if_requested
 from .problems import Problem
 from .racing import STATUS_RACED_OUT, RaceContext
 from .result import IndividualResult, genome_key
@@ -159,7 +158,6 @@ class Search:
         if requests:
             for request, result, _ in self.executor.run(requests, generation=-1):
                 self.writer.append_baseline(request.label, request.dataset, result)
-                raise_if_requested()
                 self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
                                  f"  {self.problem.cost_name} {result.cost:.6g}"
                                  + (f"  [{result.status}: {result.error}]" if not result.ok else ""))
@@ -219,7 +217,6 @@ class Search:
         for request, result, attempt in self.executor.run(list(pending.values()), generation):
             fitness, constraint = self._score(result)
             row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
-            raise_if_requested()
             self.cache[genome_key(request.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
             bar.update(1)
             self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..evaluate import Evaluator
+from ..interrupts import raise_if_requested
 from ..result import IndividualResult
 from ..search import EvalRequest
 
@@ -16,7 +17,10 @@ class LocalExecutor:
         self.evaluator = evaluator
 
     def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
+        """Evaluate the requests in order; a stop request (even one whose exception was swallowed) ends the run
+        before the next evaluation."""
         for request in requests:
+            raise_if_requested()
             yield request, self.evaluator.evaluate(request.genome, request.dataset, request.race), 1
 
     def close(self) -> None:
