@@ -76,14 +76,14 @@ def stats_text(stats: BlockStats) -> str:
 
 def cmd_blocks(args: argparse.Namespace) -> int:
     from .errors import UserError
-    from .evaluate import select_device
+    from .evaluate import workload_device
     from .report import write_csv
     from .workload import load_workload
 
     if args.block_size is not None and args.block_size < 1:
         raise UserError(f"--block-size {args.block_size}: a block is at least 1 element wide.")
     workload = load_workload(args.workload)
-    device = select_device(args.device or workload.spec.exploration.device)
+    device = workload_device(workload, args.device)
     stats = block_stats(workload, device, args.block_size)
     print(stats_text(stats))
     if args.csv:

@@ -67,11 +67,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .evaluate import build_problem, ensure_calibration, select_device
+    from .evaluate import build_problem, ensure_calibration, workload_device
     from .problems import QuantizationProblem
 
     workload = _load(args)
-    device = select_device(args.device or workload.spec.exploration.device)
+    device = workload_device(workload, args.device)
     problem = build_problem(workload, device, calibrate=False)
     if not isinstance(problem, QuantizationProblem):
         raise UserError(f"Workload {workload.path}: only quantization problems are calibrated.")
@@ -98,12 +98,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from .evaluate import prepare_evaluator, select_device
+    from .evaluate import prepare_evaluator, workload_device
     from .executors import LocalExecutor
     from .search import open_run
 
     workload = workload_for_run(args)
-    device = select_device(args.device or workload.spec.exploration.device)
+    device = workload_device(workload, args.device)
     evaluator = prepare_evaluator(workload, device)
     writer = open_run(workload, evaluator.problem, Path(args.output) if args.output else None,
                       Path(args.resume) if args.resume else None)

@@ -16,10 +16,12 @@ from .errors import UserError
 
 def workload_energy_model(workload) -> "EnergyModel":  # noqa: F821
     """The workload's energy model (its ``energy`` settings) on the model's target layers; no calibration needed."""
-    from .evaluate import build_problem, select_device
+    import torch
+
+    from .evaluate import build_problem
     from .problems.energy import EnergyAwareQuantProblem, EnergyModel, layer_tensors
 
-    problem = build_problem(workload, select_device("cpu"), calibrate=False)
+    problem = build_problem(workload, torch.device("cpu"), calibrate=False)
     if isinstance(problem, EnergyAwareQuantProblem):
         return problem.energy
     return EnergyModel(layer_tensors(problem.model, problem.layers), workload.spec.exploration.extra_args.energy)

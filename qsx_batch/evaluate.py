@@ -27,10 +27,13 @@ from .result import STATUS_FAILED, STATUS_OK, IndividualResult
 from .workload import DatasetSpec, Workload
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` picks the GPU when one is visible."""
+def workload_device(workload: Workload, override: str | None = None) -> torch.device:
+    """The device a command runs on: ``override`` (``--device``), else ``exploration.device``; ``auto`` picks the
+    GPU when one is visible."""
+    name = override or workload.spec.exploration.device
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("exploration.device is 'cuda' but no GPU is visible; use 'auto' or 'cpu'.")
+        raise UserError("The device is 'cuda' (--device or exploration.device) but no GPU is visible; use 'auto' or "
+                        "'cpu'.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -202,7 +205,7 @@ class Evaluator:
 def prepare_evaluator(workload: Workload, device: torch.device | None = None,
                       datasets: tuple[str, ...] = ("exploration", "baseline")) -> Evaluator:
     """Load model, calibration and the named exploration datasets once; return an Evaluator."""
-    device = device or select_device(workload.spec.exploration.device)
+    device = device or workload_device(workload)
     problem = build_problem(workload, device)
     blocks = workload.spec.exploration.datasets
     samples = {}

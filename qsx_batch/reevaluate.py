@@ -48,22 +48,26 @@ def dataset_block(workload, name: str) -> tuple[str, "DatasetSpec"]:  # noqa: F8
 def prepare_for_reevaluation(workload, device: str | None, datasets: tuple[str, ...]) -> "Evaluator":  # noqa: F821
     """The search's Evaluator with the named dataset blocks loaded once (dotted keys, as :func:`dataset_block`
     returns them). Used on this machine and, as the worker's ``prepare`` hook, in every SLURM array task."""
-    from .evaluate import load_block, prepare_evaluator, select_device
+    from .evaluate import load_block, prepare_evaluator, workload_device
 
-    evaluator = prepare_evaluator(workload, select_device(device or workload.spec.exploration.device), datasets=())
+    evaluator = prepare_evaluator(workload, workload_device(workload, device), datasets=())
     for name in datasets:
         key, block = dataset_block(workload, name)
         evaluator.samples[key] = load_block(workload, block, key).to(evaluator.device)
     return evaluator
 
 
-def stored_results(run, key: str) -> dict[int, int]:
-    """Individual -> row of ``reevaluations`` for the individuals already re-evaluated ok on dataset ``key``."""
+def stored_results(run, key: str) -> dict[int, tuple[float, int, float]]:
+    """Individual -> (accuracy, samples, cost) of the individuals already re-evaluated ok on dataset ``key``."""
     table = run.follow_ups.get(TABLE)
     if not table:
         return {}
-    return {int(individual): i for i, (individual, dataset, status) in
-            enumerate(zip(table["individual"], table["dataset"], table["status"])) if dataset == key and status == "ok"}
+    return {int(table["individual"][i]): (table["accuracy"][i], table["samples"][i], table["cost"][i])
+            for i in range(len(table["individual"])) if table["dataset"][i] == key and table["status"][i] == "ok"}
+
+
+def _table_line(run, row: int, reevaluated: str, samples: int, cost: float) -> str:
+    return f"{row:>5} {run.individuals['accuracy'][row]:>9.4f} {reevaluated} {samples:>8} {cost:>20.6g}"
 
 
 def _local_executor(job, key: str, args: argparse.Namespace):
@@ -120,14 +124,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     todo = [row for row in job.rows if int(row) not in stored]
     on_slurm = args.slurm or slurm_options_given(args)
     executor = (_slurm_executor if on_slurm else _local_executor)(job, key, args) if todo else None
-    ind = run.individuals
     print(f"{'#':>5} {'accuracy':>9} {'re-evaluated':>13} {'samples':>8} {run.attrs['cost_name']:>20}  dataset {key}")
-    table = run.follow_ups.get(TABLE, {})
     for row in job.rows:
         if int(row) in stored:
-            i = stored[int(row)]
-            print(f"{row:>5} {ind['accuracy'][row]:>9.4f} {table['accuracy'][i]:>13.4f} {table['samples'][i]:>8} "
-                  f"{table['cost'][i]:>20.6g}  (stored before)")
+            accuracy, samples, cost = stored[int(row)]
+            print(_table_line(run, row, f"{accuracy:>13.4f}", samples, cost) + "  (stored before)")
     if executor is None:
         print(f"all chosen individuals were re-evaluated on {key} before (--again evaluates them once more)")
         return 0
@@ -140,8 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "individual": row, "dataset": key, **{k: getattr(result, k) for k in RESULT_FIELDS},
                     "finished_at": time.time()})
                 shown = f"{result.accuracy:>13.4f}" if result.ok else f"  [{result.status}: {result.error}]"
-                print(f"{row:>5} {ind['accuracy'][row]:>9.4f} {shown} {result.samples:>8} {result.cost:>20.6g}",
-                      flush=True)
+                print(_table_line(run, row, shown, result.samples, result.cost), flush=True)
         except (KeyboardInterrupt, Interrupted):
             print(f"\ninterrupted; every finished re-evaluation is stored in {run.path}. The same command "
                   "continues with the individuals not stored yet.", file=sys.stderr)

@@ -43,7 +43,7 @@ def save_finetuned(problem, path: Path, row: int) -> None:
 def cmd_retrain(args: argparse.Namespace) -> int:
     import time
 
-    from .evaluate import build_problem, load_block, select_device
+    from .evaluate import build_problem, load_block, workload_device
     from .followup import load_followup
     from .store import open_for_append
     from .train import accuracy_on, fit
@@ -58,7 +58,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         if args.epochs < 1:
             raise UserError(f"--epochs {args.epochs}: give at least 1 epoch.")
         spec = spec.model_copy(update={"epochs": args.epochs})
-    device = select_device(args.device or workload.spec.exploration.device)
+    device = workload_device(workload, args.device)
     train = load_block(workload, spec.datasets.train, "retraining.datasets.train").to(device)
     val_spec = spec.datasets.validation or workload.spec.exploration.datasets.exploration
     validation = load_block(workload, val_spec, "retraining.datasets.validation").to(device)

@@ -10,7 +10,7 @@ from torch import nn
 
 from .data import Samples
 from .errors import UserError
-from .evaluate import load_block, select_device
+from .evaluate import load_block, workload_device
 from .models import build_model, save_weights
 from .workload import TrainingSpec, Workload
 
@@ -63,7 +63,7 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
     if spec is None:
         raise UserError(f"Workload {workload.path} has no 'training' section to train weights from.")
     torch.manual_seed(workload.spec.seed)
-    device = select_device(workload.spec.exploration.device)
+    device = workload_device(workload)
     model = build_model(workload.spec.model.type, workload.spec.model.extra_args).to(device)
     train = load_block(workload, spec.datasets.train, "training.datasets.train").to(device)
     val = None

@@ -63,9 +63,9 @@ def read_results(folder: Path, wanted: set[str]) -> Iterator[tuple[str, Individu
 
 def prepare_for_task(workload: Workload, device: str | None, datasets: tuple[str, ...]):
     """The Evaluator of ``explore``, loaded once per task (imported here so the worker module stays light)."""
-    from .evaluate import prepare_evaluator, select_device
+    from .evaluate import prepare_evaluator, workload_device
 
-    return prepare_evaluator(workload, select_device(device or workload.spec.exploration.device), datasets)
+    return prepare_evaluator(workload, workload_device(workload, device), datasets)
 
 
 def inject_test_fault(attempt: int, position: int) -> None:
