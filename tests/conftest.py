@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import submitit  # noqa: F401  (imported first on purpose, see below)
 import yaml
 
 from qsx_batch.workload import default_workload_path
 
 WEIGHTS = default_workload_path().parent.parent / "weights" / "lenet5_mnist.pt"
 WORKLOADS = default_workload_path().parent
+
+# Importing submitit runs logging.config.dictConfig, which closes every logging handler made before it. One is
+# absl's handler that pytorch-quantization installs on import; absl closes its stream unless that stream is the
+# current sys.stderr. Under pytest the stream is a capture file, so a test session that imported
+# pytorch-quantization before submitit lost pytest's own capture file ("I/O operation on closed file"). Importing
+# submitit here, before any test imports pytorch-quantization, keeps every order of tests working.
 
 
 def tiny_workload_dict(problem: str = "quantization", tmp_path: Path | None = None, **nsga) -> dict:
