@@ -31,7 +31,7 @@ import numpy as np
 class TrivialEvaluator:
     """Scores every genome instantly (defined here, so submitit ships it to the tasks by value)."""
 
-    def evaluate(self, genome, dataset="exploration"):
+    def evaluate(self, genome, dataset="exploration", race=None):
         from qsx_batch.result import IndividualResult
 
         zeros = np.zeros(1, dtype=np.int64)
@@ -43,8 +43,15 @@ class TrivialEvaluator:
                                 host=os.uname().nodename, device="none")
 
 
-def trivial_prepare(workload, device, datasets):
-    return TrivialEvaluator()
+def trivial_chunk():
+    """An array task that scores with :class:`TrivialEvaluator` (a subclass defined here, shipped by value)."""
+    from qsx_batch.executors.worker import EvaluateChunk
+
+    class TrivialChunk(EvaluateChunk):
+        def prepare(self, datasets):
+            return TrivialEvaluator()
+
+    return TrivialChunk
 
 
 def cpu_seconds() -> float:
@@ -54,8 +61,10 @@ def cpu_seconds() -> float:
 
 def measure(n: int, tasks: int, folder: Path, workload, problem) -> dict:
     """One generation of ``n`` genomes: timings of submission, first and last merged result."""
+    from qsx_batch.executors.base import EvalRequest
+    from qsx_batch.executors.jobs import JobFiles
     from qsx_batch.executors.slurm import SlurmExecutor
-    from qsx_batch.search import EvalRequest, run_header
+    from qsx_batch.search import run_header
     from qsx_batch.store import create_results
     from qsx_batch.workload import LaunchSpec
 
@@ -65,8 +74,8 @@ def measure(n: int, tasks: int, folder: Path, workload, problem) -> dict:
     requests = [EvalRequest(np.asarray(g, dtype=float)) for g in sorted(genomes)[:n]]
     header = run_header(workload, problem)
     settings = LaunchSpec(gpus_per_task=0, individuals_per_task=math.ceil(n / tasks), time=10, max_retries=0)
-    executor = SlurmExecutor(workload, problem, settings, folder / f"n{n}.jobs", f"bench-{n}", prepare=trivial_prepare,
-                             log=lambda message: None)
+    executor = SlurmExecutor(workload, problem, settings, JobFiles(folder / f"n{n}.jobs", f"bench-{n}"),
+                             log=lambda message: None, task=trivial_chunk())
     with create_results(folder / f"n{n}.h5", header) as writer:
         cpu0, start = cpu_seconds(), time.perf_counter()
         arrivals, eval_s = [], 0.0
@@ -91,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qsx_batch.evaluate import build_problem
-    from qsx_batch.launch import pin_outputs
+    from qsx_batch.executors.cluster import pin_outputs
+    from qsx_batch.prepare import build_problem
     from qsx_batch.workload import load_workload
 
     with tempfile.TemporaryDirectory(prefix="qsx-bench-", dir=Path.cwd()) as tmp:  # the nodes must see it

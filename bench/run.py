@@ -33,14 +33,15 @@ from torch import nn
 
 from qsx_batch.calibration import calibrate
 from qsx_batch.data import Samples
-from qsx_batch.evaluate import Evaluator, build_problem, load_block, load_model
-from qsx_batch.executors import LocalExecutor
+from qsx_batch.evaluator import Evaluator
+from qsx_batch.executors.local import LocalExecutor
 from qsx_batch.models import build_model
+from qsx_batch.models.layers import profile_layers, target_layers
+from qsx_batch.prepare import build_problem, load_block, load_model
 from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
-from qsx_batch.problems.layers import profile_layers, target_layers
 from qsx_batch.result import IndividualResult
 from qsx_batch.search import Search, SearchOptions, run_header
-from qsx_batch.store import create_results, open_for_append, read_table
+from qsx_batch.store import create_results, open_for_append
 from qsx_batch.workload import Workload, default_workload_path, load_workload
 
 WORKLOADS = default_workload_path().parent
@@ -94,10 +95,10 @@ def problem_for(kind: str, model: nn.Module, samples: Samples, device: torch.dev
     with the extra_args of the embedded default workloads."""
     layers = profile_layers(model, target_layers(model, ["Conv2d", "Linear"], []), samples.inputs[:1])
     if kind == "quant":
-        problem = QuantizationProblem(model, layers, load_workload(QUANT_WORKLOAD).spec.exploration.extra_args, "max")
+        problem = QuantizationProblem(model, layers, load_workload(QUANT_WORKLOAD).spec)
         calibrate(model, problem.quantizers, samples, "max", "percentile", 99.99)
         return problem
-    return SparsityProblem(model, layers, load_workload(SPARSE_WORKLOAD).spec.exploration.extra_args, device)
+    return SparsityProblem(model, layers, load_workload(SPARSE_WORKLOAD).spec)
 
 
 def evaluator_for(kind: str, case: Case, device: torch.device) -> Evaluator:
@@ -234,7 +235,7 @@ def cache_hit_seconds(workload: Workload, problem: Problem, results: Path, devic
     writer = open_for_append(results)
     try:
         search = Search(workload, problem, LocalExecutor(Evaluator(problem, {}, device)), writer, SearchOptions())
-        genomes = read_table(writer.file, "individuals")["genome"]
+        genomes = writer.read("individuals")["genome"]
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
@@ -251,7 +252,7 @@ def store_append_seconds(results: Path, rows: int = 256) -> float:
     shutil.copy(results, copy)
     writer = open_for_append(copy)
     try:
-        table = read_table(writer.file, "individuals")
+        table = writer.read("individuals")
         fields = [f.name for f in dataclasses.fields(IndividualResult)]
         stored = [IndividualResult(**{name: table[name][i] for name in fields}) for i in range(len(table["genome"]))]
         start = time.perf_counter()

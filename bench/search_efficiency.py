@@ -23,8 +23,8 @@ import torch
 import yaml
 
 from qsx_batch.cli import main as qsx
-from qsx_batch.evaluate import prepare_evaluator
-from qsx_batch.report import load_run
+from qsx_batch.prepare import prepare_evaluator
+from qsx_batch.store import load_run
 from qsx_batch.result import genome_key
 from qsx_batch.workload import default_workload_path, load_workload
 

@@ -14,6 +14,8 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from .result import Status
+
 REFERENCE_POINT = np.array([1.0, 1.0])
 
 
@@ -33,7 +35,7 @@ def normalized_objectives(objectives: np.ndarray, attrs: Mapping) -> np.ndarray:
 def usable(constraint: np.ndarray, status: np.ndarray) -> np.ndarray:
     """Mask of individuals that count for fronts: evaluated ok and meeting the accuracy constraint."""
     constraint = np.asarray(constraint, dtype=float)
-    return (np.asarray(status) == "ok") & ~(constraint > 0)
+    return (np.asarray(status) == Status.OK) & ~(constraint > 0)
 
 
 def pareto_mask(objectives: np.ndarray, maximize_cost: bool, mask: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``qsx-batch blocks``: per layer, how many blocks its input has and how many are zero before any threshold.
+"""Per layer, how many blocks its input has and how many are zero before any threshold (``qsx-batch blocks``).
 
 Blocks are the tiles of the sparsity problem (``exploration.extra_args.block_size``; see
 qsx_batch/problems/sparsity.py). The counts come from one fp32 pass (all thresholds 0) over the exploration
@@ -7,11 +7,14 @@ data, through the same Evaluator as the search; a quantization workload is measu
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import torch
+
+from .errors import UserError
+from .prepare import prepare_evaluator
+from .workload import Workload
 
 
 @dataclass
@@ -33,10 +36,8 @@ class BlockStats:
                 for name, shape, total, already in zip(self.layers, self.input_shapes, self.total, self.already)]
 
 
-def sparsity_twin(workload, block_size: int | None) -> "Workload":  # noqa: F821
+def sparsity_twin(workload: Workload, block_size: int | None) -> Workload:
     """The workload with the sparsity problem (and ``block_size`` when given) in place of its own problem."""
-    from .workload import Workload
-
     spec = workload.spec
     extra = spec.exploration.extra_args
     if block_size is not None:
@@ -47,11 +48,8 @@ def sparsity_twin(workload, block_size: int | None) -> "Workload":  # noqa: F821
                     workload.text)
 
 
-def block_stats(workload, device=None, block_size: int | None = None) -> BlockStats:
+def block_stats(workload: Workload, device: torch.device | None = None, block_size: int | None = None) -> BlockStats:
     """Count blocks per layer with every threshold at 0 on the workload's exploration data."""
-    from .errors import UserError
-    from .evaluate import prepare_evaluator
-
     twin = sparsity_twin(workload, block_size)
     evaluator = prepare_evaluator(twin, device, datasets=("exploration",))
     result = evaluator.evaluate(None, "exploration")
@@ -72,31 +70,3 @@ def stats_text(stats: BlockStats) -> str:
         lines.append(f"  {r['layer']:<16}{r['input_shape']:>14}{r['blocks_per_sample']:>12}{r['blocks_total']:>12}"
                      f"{r['zero_blocks']:>14}{r['zero_share']:>8.1%}")
     return "\n".join(lines)
-
-
-def cmd_blocks(args: argparse.Namespace) -> int:
-    from .errors import UserError
-    from .evaluate import workload_device
-    from .report import write_csv
-    from .workload import load_workload
-
-    if args.block_size is not None and args.block_size < 1:
-        raise UserError(f"--block-size {args.block_size}: a block is at least 1 element wide.")
-    workload = load_workload(args.workload)
-    device = workload_device(workload, args.device)
-    stats = block_stats(workload, device, args.block_size)
-    print(stats_text(stats))
-    if args.csv:
-        write_csv(stats.rows(), Path(args.csv))
-        print(f"wrote {len(stats.layers)} layers -> {args.csv}")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``blocks`` subcommand."""
-    p = sub.add_parser("blocks", help="per layer: blocks of block_size in its input, and blocks already zero")
-    p.add_argument("workload", nargs="?", help="workload YAML file (default: the embedded LeNet-5/MNIST workload)")
-    p.add_argument("--block-size", type=int, metavar="B", help="override exploration.extra_args.block_size")
-    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override exploration.device")
-    p.set_defaults(func=cmd_blocks)

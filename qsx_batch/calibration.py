@@ -18,15 +18,6 @@ from .errors import UserError
 FORMAT = "qsx-batch-calibration/1"
 
 
-def quantizers_of(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """(name, TensorQuantizer) for each quantized layer: input first, then weight."""
-    pairs = []
-    for name, module in modules:
-        pairs.append((f"{name}.input", module._input_quantizer))
-        pairs.append((f"{name}.weight", module._weight_quantizer))
-    return pairs
-
-
 def calibrate(model: nn.Module, quantizers: list[tuple[str, nn.Module]], samples: Samples,
               method: str, histogram_method: str, percentile: float) -> dict[str, torch.Tensor]:
     """Collect statistics over ``samples`` and return each quantizer's amax."""

@@ -8,17 +8,19 @@ Figures: ``<stem>-pareto`` (accuracy vs cost of every individual, coloured by ge
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .analysis import REFERENCE_POINT, usable
+from .result import Status
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .report import RunData
+    from .store import RunData
 
 ACCURACY_LABEL = "accuracy on the exploration data [fraction of samples]"
 
@@ -47,11 +49,9 @@ def _save(fig: "Figure", out: Path, name: str, formats: list[str]) -> list[Path]
 
 def pareto_figure(run: "RunData") -> "Figure":
     """Accuracy vs cost of every individual evaluated ok, coloured by generation, with the Pareto front."""
-    from .analysis import usable
-
     ind = run.individuals
     fig, (ax,) = _figure(run, f"accuracy vs {run.attrs['cost_name']} ({run.count} individuals)")
-    ok = ind["status"] == "ok"
+    ok = ind["status"] == Status.OK
     feasible = usable(ind["constraint"], ind["status"])
     generations = max(int(ind["generation"].max()) if run.count else 0, 1)
     scatter = None
@@ -135,8 +135,6 @@ def front_sparsity_figure(run: "RunData", max_lines: int) -> "Figure":
 
 def hypervolume_figure(run: "RunData") -> "Figure":
     """Hypervolume of each generation's population and of everything evaluated so far."""
-    from .analysis import REFERENCE_POINT
-
     fig, (ax,) = _figure(run, "hypervolume over generations")
     generations = np.arange(len(run.generations["hypervolume"]))
     ax.plot(generations, run.generations["hypervolume"], marker="o", label="population after the generation")
@@ -160,33 +158,3 @@ def plot_run(run: "RunData", out: Path, formats: list[str], max_lines: int = 10)
         if "threshold" in columns:
             figures["front-sparsity"] = front_sparsity_figure(run, max_lines)
     return [path for name, fig in figures.items() for path in _save(fig, out, f"{stem}-{name}", formats)]
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from .errors import UserError
-    from .report import load_run
-
-    run = load_run(Path(args.results))
-    out = Path(args.out) if args.out else run.path.with_name(run.path.stem + "-plots")
-    try:
-        paths = plot_run(run, out, args.formats, args.max_lines)
-    except OSError as exc:
-        raise UserError(f"Cannot write plots into {out}: {exc}.") from None
-    if not len(run.pareto()):
-        print("no usable individual yet: the per-layer front figure is left out")
-    for path in paths:
-        print(path)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``plot`` subcommand."""
-    p = sub.add_parser("plot", help="draw Pareto, per-layer front and hypervolume figures of a results file")
-    p.add_argument("results", help="results file (.h5)")
-    p.add_argument("--out", metavar="DIR",
-                   help="folder for the figures (default: <results stem>-plots beside the file)")
-    p.add_argument("--formats", nargs="+", choices=["png", "pdf", "svg"], default=["png", "pdf"],
-                   help="file formats (default: png pdf)")
-    p.add_argument("--max-lines", type=int, default=10, metavar="N",
-                   help="front individuals drawn in the per-layer figures (default 10, spread along the front)")
-    p.set_defaults(func=cmd_plot)

@@ -16,8 +16,6 @@ from statistics import NormalDist
 
 import numpy as np
 
-STATUS_RACED_OUT = "raced_out"
-
 
 def wilson_interval(correct: int, n: int, confidence: float) -> tuple[float, float]:
     """One-sided Wilson score bounds (each at ``confidence``) of a binomial proportion."""

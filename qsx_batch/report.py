@@ -5,92 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from .analysis import REFERENCE_POINT, cumulative_hypervolume, pareto_mask, usable
-from .store import check_results_file, open_for_reading, read_strings, read_table
-
-CORE_TABLES = ("individuals", "baseline", "generations")
-
-
-@dataclass
-class RunData:
-    """Everything a report needs from a results file, read in one go."""
-
-    path: Path
-    attrs: dict
-    gene_names: list[str]
-    layer_names: list[str]
-    individuals: dict[str, np.ndarray]
-    baseline: dict[str, np.ndarray]
-    generations: dict[str, np.ndarray]
-    minimum_accuracy: float
-    follow_ups: dict[str, dict[str, np.ndarray]]
-
-    @property
-    def count(self) -> int:
-        return len(self.individuals["accuracy"])
-
-    @property
-    def bits(self) -> bool:
-        """Whether the parameters are bit widths (quantization problems) rather than thresholds."""
-        return not bool(self.attrs["maximize_cost"])
-
-    def param_columns(self) -> dict[str, np.ndarray]:
-        """Columns of ``params`` by kind, one per layer: ``input_bits`` and ``weight_bits`` (quantizing runs),
-        ``threshold`` (sparsity and joint runs); found by gene name."""
-        def pick(*suffixes: str) -> np.ndarray:
-            return np.array([i for i, name in enumerate(self.gene_names) if name.endswith(suffixes)], dtype=int)
-
-        if not self.bits:
-            return {"threshold": pick(".input")}
-        columns = {"input_bits": pick(".input", ".input.bits"), "weight_bits": pick(".weight", ".weight.bits")}
-        thresholds = pick(".threshold")
-        return {**columns, "threshold": thresholds} if len(thresholds) else columns
-
-    @property
-    def cost_label(self) -> str:
-        """The cost axis name with its unit, e.g. ``bits_weighted_linear [bits]``."""
-        return f"{self.attrs['cost_name']} [{self.attrs['cost_unit']}]"
-
-    def pareto(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Row indices of the Pareto front of the usable individuals among ``rows`` (default all), by cost."""
-        ind = self.individuals
-        mask = usable(ind["constraint"], ind["status"])
-        if rows is not None:
-            mask &= np.isin(np.arange(self.count), rows)
-        front = np.flatnonzero(pareto_mask(ind["objectives"], bool(self.attrs["maximize_cost"]), mask))
-        return front[np.argsort(ind["cost"][front], kind="stable")]
-
-    @property
-    def front_step(self) -> str:
-        """Which side a step line through the cost-sorted front holds its value (pgfplots/matplotlib naming)."""
-        return "right" if bool(self.attrs["maximize_cost"]) else "left"
-
-    def cumulative_hypervolume(self) -> np.ndarray:
-        """Per stored generation: hypervolume of every individual evaluated up to it."""
-        ind = self.individuals
-        return cumulative_hypervolume(ind["objectives"], ind["constraint"], ind["status"], ind["generation"],
-                                      self.attrs, len(self.generations["evaluated"]))
-
-
-def load_run(path: Path) -> RunData:
-    """Read a results file (also one still being written); follow-up tables come along."""
-    check_results_file(path)
-    with open_for_reading(path) as f:
-        follow_ups = {name: read_table(f, name) for name in f
-                      if name not in CORE_TABLES and isinstance(f[name], h5py.Group) and "count" in f[name]}
-        return RunData(
-            path=Path(path), attrs=dict(f.attrs), gene_names=read_strings(f, "genes/names"),
-            layer_names=read_strings(f, "layers/names"), individuals=read_table(f, "individuals"),
-            baseline=read_table(f, "baseline"), generations=read_table(f, "generations"),
-            minimum_accuracy=float(f["run/minimum_accuracy"][0]), follow_ups=follow_ups,
-        )
-
+from .analysis import REFERENCE_POINT
+from .result import Status
+from .store import RunData
 
 def format_params(values: np.ndarray, bits: bool) -> str:
     """Bit widths as integers, thresholds with three significant digits."""
@@ -100,7 +21,7 @@ def format_params(values: np.ndarray, bits: bool) -> str:
 def summary_text(run: RunData) -> str:
     """Run summary and baseline as aligned text."""
     a, ind = run.attrs, run.individuals
-    failed = int(np.sum(ind["status"] != "ok")) if run.count else 0
+    failed = int(np.sum(ind["status"] != Status.OK)) if run.count else 0
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a["created"])))
     lines = [
         f"results    {run.path}",
@@ -138,7 +59,7 @@ def individuals_text(run: RunData, rows: np.ndarray, title: str, energy: np.ndar
              f"  {'#':>5} {'gen':>4} {'accuracy':>9} {run.attrs['cost_name']:>20}{energy_head}  parameters"]
     for row in rows:
         extra = f" {energy[row]:>10.4g}" if energy is not None else ""
-        tail = format_params(ind["params"][row], run.bits) if ind["status"][row] == "ok" else \
+        tail = format_params(ind["params"][row], run.bits) if ind["status"][row] == Status.OK else \
             f"[{ind['status'][row]}: {ind['error'][row]}]"
         lines.append(f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f} "
                      f"{ind['cost'][row]:>20.6g}{extra}  {tail}")
@@ -217,7 +138,7 @@ def write_tikz(run: RunData, rows: np.ndarray, path: Path) -> None:
 
     ``\\input`` the file inside an ``axis`` environment; x is the cost, y the accuracy (fraction).
     """
-    ok = rows[run.individuals["status"][rows] == "ok"]
+    ok = rows[run.individuals["status"][rows] == Status.OK]
     front = run.pareto(ok)
     text = (f"% qsx-batch inspect --tikz: {run.attrs['workload_name']} ({run.attrs['problem']}), {run.path.name}\n"
             f"% x = {run.cost_label}, y = accuracy (fraction of samples)\n"

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
+
+class Status(str, Enum):
+    """How an individual's evaluation ended; stored as its plain string value (``ok``, ``failed``, ``raced_out``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    RACED_OUT = "raced_out"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 
 @dataclass
@@ -26,7 +35,7 @@ class IndividualResult:
     eval_seconds: float
     host: str
     device: str
-    status: str = STATUS_OK
+    status: str = Status.OK
     error: str = ""
     slurm_job_id: str = ""
     slurm_array_task_id: int = -1
@@ -37,7 +46,7 @@ class IndividualResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == STATUS_OK
+        return self.status == Status.OK
 
 
 def genome_key(genome: np.ndarray) -> tuple:

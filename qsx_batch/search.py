@@ -9,10 +9,8 @@ finds them in the cache.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -26,33 +24,13 @@ from pymoo.problems.static import StaticProblem
 from tqdm import tqdm
 
 from .analysis import hypervolume, pareto_mask, usable
-from .errors import UserError
+from .executors.base import EvalRequest, Executor
 from .problems import Problem
-from .racing import STATUS_RACED_OUT, RaceContext
-from .result import IndividualResult, genome_key
-from .store import ResultsWriter, RunHeader, create_results, open_for_append, open_for_reading, read_table
+from .racing import RaceContext
+from .result import IndividualResult, Status, genome_key
+from .store import ResultsWriter, RunHeader
 from .versions import package_versions
 from .workload import NsgaSpec, Workload
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """One evaluation to perform: a genome (``None`` = fp32 network) on a named dataset."""
-
-    genome: np.ndarray | None
-    dataset: str = "exploration"
-    label: str = ""
-    race: RaceContext | None = None
-
-
-class Executor(Protocol):
-    """Moves evaluation requests to evaluators and their results back, in completion order."""
-
-    def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
-        """Yield (request, result, attempt) for every request, as each result becomes available."""
-
-    def close(self) -> None:
-        """Release workers and jobs."""
 
 
 def make_algorithm(nsga: NsgaSpec, integer: bool) -> NSGA2:
@@ -129,15 +107,13 @@ class Search:
 
     # -- state from the results file (resume) ---------------------------------------------------------------
     def _load_stored(self) -> None:
-        f = self.writer.file
-        ind = read_table(f, "individuals")
+        ind = self.writer.read("individuals")
         for i, genome in enumerate(ind.get("genome", [])):
             self.cache[genome_key(genome)] = _Scored(i, tuple(ind["fitness"][i]), float(ind["constraint"][i]),
                                                     int(ind["samples"][i]), float(ind["eval_seconds"][i]))
-        self.stored_generations = len(read_table(f, "generations")["evaluated"])
-        stored_min = float(f["run/minimum_accuracy"][0])
-        self.minimum_accuracy = None if np.isnan(stored_min) else stored_min
-        base = read_table(f, "baseline")
+        self.stored_generations = len(self.writer.read("generations")["evaluated"])
+        self.minimum_accuracy = self.writer.minimum_accuracy()
+        base = self.writer.read("baseline")
         self.baseline_stored = set(zip(base["label"], base["dataset"]))
 
     def _log(self, msg: str) -> None:
@@ -170,7 +146,7 @@ class Search:
         if spec.minimum_accuracy is not None:
             self.minimum_accuracy = spec.minimum_accuracy
         elif spec.allowable_accuracy_drop is not None:
-            base = read_table(self.writer.file, "baseline")
+            base = self.writer.read("baseline")
             match = [a for lab, ds, a in zip(base["label"], base["dataset"], base["accuracy"])
                      if lab == "fp32" and ds == "exploration"]
             self.minimum_accuracy = match[0] - spec.allowable_accuracy_drop
@@ -182,7 +158,7 @@ class Search:
     def _score(self, result: IndividualResult) -> tuple[tuple[float, float], float]:
         """Fitness and constraint; a raced-out individual counts with its accuracy's upper bound, which is
         infeasible or dominated by construction; a failed one gets the worst fitness."""
-        if result.status == STATUS_RACED_OUT:
+        if result.status == Status.RACED_OUT:
             accuracy = result.ci_high
         elif not result.ok:
             return self.problem.fitness(0.0, self.problem.worst_cost()), 1.0
@@ -196,7 +172,7 @@ class Search:
         racing = self.workload.spec.exploration.racing
         if not racing.enabled:
             return None
-        ind = read_table(self.writer.file, "individuals")
+        ind = self.writer.read("individuals")
         front = np.zeros((0, 2))
         if len(ind["accuracy"]):
             mask = pareto_mask(ind["objectives"], self.problem.maximize_cost, usable(ind["constraint"], ind["status"]))
@@ -229,11 +205,11 @@ class Search:
         return [self.cache[k] for k in keys]
 
     def _record_generation(self, population_rows: list[int]) -> None:
-        ind = read_table(self.writer.file, "individuals")
+        ind = self.writer.read("individuals")
         seconds = float(np.sum(ind["eval_seconds"]))
         samples = int(np.sum(ind["samples"]))
         hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
-                         ind["status"][population_rows], self.writer.file.attrs)
+                         ind["status"][population_rows], self.writer.attrs)
         self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -259,30 +235,3 @@ class Search:
                 self._record_generation(survivors)
             gen_bar.update(1)
         gen_bar.close()
-
-
-def open_run(workload: Workload, problem: Problem, output: Path | None, resume: Path | None) -> ResultsWriter:
-    """Create the run's results file, or reopen ``resume`` after checking it belongs to this workload."""
-    if resume is not None:
-        with open_for_reading(resume) as f:
-            stored = f.attrs.get("workload_sha256")
-        if stored != workload.sha256:
-            raise UserError(
-                f"Results file {resume} was written for a different workload (its workload text differs from "
-                f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "
-                "start a new run."
-            )
-        return open_for_append(resume)
-    if output is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        output = workload.results_dir() / f"{workload.name}-{stamp}.h5"
-    return create_results(output, run_header(workload, problem))
-
-
-def stored_workload_text(path: Path) -> str:
-    """The workload YAML stored in a results file (to resume without the original file)."""
-    with open_for_reading(path) as f:
-        text = f.attrs.get("workload_yaml")
-    if not text:
-        raise UserError(f"{path} holds no workload text; is it a qsx-batch results file?")
-    return text

@@ -1,34 +1,35 @@
 """Which stored individuals a command works on: ``--index``, ``--generation``, ``--failed``, ``--pareto``, ``--top``.
 
 The filters apply in that order; ``--pareto`` and ``--top`` consider only usable individuals (evaluated ok and
-meeting the run's accuracy constraint). Shared by ``inspect``, ``plot``, ``evaluate`` and ``retrain``.
+meeting the run's accuracy constraint). Shared by ``inspect``, ``evaluate`` and ``retrain``.
 """
 
 from __future__ import annotations
 
-import argparse
+from typing import Protocol
 
 import numpy as np
 
+from .analysis import ranking, usable
 from .errors import UserError
+from .result import Status
+from .store import RunData
 
 
-def add_selection_args(p: argparse.ArgumentParser, failed: bool = True) -> None:
-    """The individual-choice options of a subcommand."""
-    p.add_argument("--index", type=int, nargs="+", metavar="I", help="individual row numbers (the '#' column)")
-    p.add_argument("--generation", type=int, metavar="G", help="only individuals first evaluated in generation G")
-    if failed:
-        p.add_argument("--failed", action="store_true", help="only individuals not evaluated ok (failed, or raced out)")
-    p.add_argument("--pareto", action="store_true", help="only the Pareto front (accuracy up, cost the problem's way)")
-    p.add_argument("--top", type=int, metavar="N", help="only the best N individuals, ranked by --by")
-    p.add_argument("--by", choices=["accuracy", "cost"], default="accuracy",
-                   help="ranking of --top (default: accuracy)")
+class Choice(Protocol):
+    """The choice options (argparse namespaces of the commands that take them have these attributes)."""
+
+    index: list[int] | None
+    generation: int | None
+    pareto: bool
+    top: int | None
+    by: str
 
 
-def has_selection(args: argparse.Namespace) -> bool:
+def has_choice(choice: Choice) -> bool:
     """Whether any individual-choice option was given."""
-    return bool(args.index or args.generation is not None or getattr(args, "failed", False) or args.pareto
-                or args.top is not None)
+    return bool(choice.index or choice.generation is not None or getattr(choice, "failed", False) or choice.pareto
+                or choice.top is not None)
 
 
 def _check_index(rows: list[int], count: int, path) -> np.ndarray:
@@ -39,10 +40,8 @@ def _check_index(rows: list[int], count: int, path) -> np.ndarray:
     return np.asarray(rows, dtype=int)
 
 
-def selected_rows(run, args: argparse.Namespace) -> np.ndarray:
-    """Row indices of ``run`` (a :class:`~qsx_batch.report.RunData`) chosen by the options, in display order."""
-    from .analysis import ranking, usable
-
+def selected_rows(run: RunData, args: Choice) -> np.ndarray:
+    """Row indices of ``run`` chosen by the options, in display order."""
     ind = run.individuals
     rows = _check_index(args.index, run.count, run.path) if args.index else np.arange(run.count)
     if args.generation is not None:
@@ -52,7 +51,7 @@ def selected_rows(run, args: argparse.Namespace) -> np.ndarray:
             raise UserError(f"Generation {args.generation} is not in {run.path}: it holds {held}.")
         rows = rows[ind["generation"][rows] == args.generation]
     if getattr(args, "failed", False):
-        rows = rows[ind["status"][rows] != "ok"]
+        rows = rows[ind["status"][rows] != Status.OK]
     if args.pareto:
         rows = run.pareto(rows)
     if args.top is not None:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .errors import UserError
 
 DEFAULT_WORKLOAD = "lenet5_mnist_quantization.yaml"
+DATASET_SHORT_NAMES = {"exploration": "exploration.datasets.exploration", "baseline": "exploration.datasets.baseline",
+                       "reevaluate": "reevaluation.datasets.reevaluate"}
 
 
 class _Strict(BaseModel):
@@ -229,6 +231,23 @@ class Workload:
 
     def results_dir(self) -> Path:
         return Path(self.spec.results).expanduser()
+
+    @staticmethod
+    def dataset_key(name: str) -> str:
+        """The dotted key of a dataset block named short (``exploration``, ``baseline``, ``reevaluate``) or dotted."""
+        return DATASET_SHORT_NAMES.get(name, name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        """A dataset block by short name or dotted key such as ``retraining.datasets.validation``; a UserError
+        names the choices when there is none."""
+        block: Any = self.spec
+        for part in self.dataset_key(name).split("."):
+            block = getattr(block, part, None)
+        if not isinstance(block, DatasetSpec):
+            raise UserError(f"Workload {self.path} has no dataset block '{self.dataset_key(name)}'. "
+                            f"Use one of {', '.join(DATASET_SHORT_NAMES)}, or a dotted key of a dataset block such "
+                            "as retraining.datasets.validation.")
+        return block
 
     def calibration_file(self, fingerprint: str) -> Path:
         """``calibration.file``, or a file in the results folder named after the calibration fingerprint."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,19 @@ def quant_workload(tmp_path) -> Path:
 def sparsity_workload(tmp_path) -> Path:
     """A tiny sparsity workload file (pop 6, 2 generations, 200 samples)."""
     return write_workload(tmp_path, tiny_workload_dict("sparsity", tmp_path), "sparsity.yaml")
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """The local SLURM cluster (slurm/dev/start-cluster.sh): skips without one, FAILS when CI=true."""
+    if not _cluster_up():
+        message = "no SLURM cluster: start one with 'sudo slurm/dev/start-cluster.sh'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

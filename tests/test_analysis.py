@@ -13,7 +13,7 @@ import pytest
 
 from qsx_batch.analysis import hypervolume, pareto_mask, ranking, usable
 from qsx_batch.cli import main
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 from qsx_batch.store import open_for_append
 
 from conftest import tiny_workload_dict, write_workload

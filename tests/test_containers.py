@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -219,7 +220,9 @@ def dispatch(bin_dir: Path | None, *args: str, cwd: Path, **env: str) -> subproc
         tools.mkdir()
         for tool in ("cat", "grep", "head", "ls"):
             (tools / tool).symlink_to(shutil.which(tool))
-        (tools / "python").symlink_to(sys.executable)
+        # a wrapper, not a symlink: a symlink to a virtual environment's python outside its bin/ folder starts the
+        # base interpreter (the venv is found from the path it was started by), which has no torch
+        stand_in(tools, "python", f'exec {shlex.quote(sys.executable)} "$@"')
     path = ([str(bin_dir)] if bin_dir else []) + [str(tools)]
     return subprocess.run(["/bin/sh", str(ENTRYPOINT), *args], capture_output=True, text=True, cwd=cwd,
                           env={"PATH": os.pathsep.join(path), "HOME": str(cwd), **env}, timeout=60)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 
 
 def test_default_explore_finds_cheap_accurate_settings(tmp_path):

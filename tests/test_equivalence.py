@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from qsx_batch.calibration import apply_amax, quantizers_of
+from qsx_batch.calibration import apply_amax
 from qsx_batch.data import Samples
-from qsx_batch.evaluate import Evaluator, load_model, prepare_evaluator
-from qsx_batch.problems.quantization import InferenceTensorQuantizer
+from qsx_batch.evaluator import Evaluator
+from qsx_batch.models.quantized import InferenceTensorQuantizer, quant_nn, quantize_layers, quantizers_of
+from qsx_batch.prepare import load_model, prepare_evaluator
 from qsx_batch.problems.sparsity import BlockSparsifier
-from qsx_batch.quant_modules import quant_nn, quantize_layers
 from qsx_batch.workload import load_workload
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from qsx_batch.cli import main
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 from qsx_batch.result import genome_key
 
 from conftest import tiny_workload_dict, write_workload

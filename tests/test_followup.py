@@ -14,7 +14,7 @@ import torch
 
 from qsx_batch.cli import main
 from qsx_batch.models import build_model, load_weights
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 from qsx_batch.store import read_table
 
 from conftest import WEIGHTS, tiny_workload_dict, write_workload
@@ -122,7 +122,7 @@ def test_blocks_match_hand_counted_tiles(tmp_path, capsys):
         rows = {r["layer"]: r for r in csv.DictReader(fh)}
     assert {k: int(r["blocks_per_sample"]) for k, r in rows.items()} == {
         "conv1": 7 * 7, "conv2": 6 * 4 * 4, "fc1": 25, "fc2": 8, "fc3": 6}  # 4x4 tiles, 16-feature runs
-    from qsx_batch.evaluate import load_block
+    from qsx_batch.prepare import load_block
     from qsx_batch.workload import load_workload
 
     wl = load_workload(workload)

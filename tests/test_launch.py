@@ -1,11 +1,12 @@
 """``qsx-batch launch`` on a real SLURM cluster (slurm/dev/start-cluster.sh): array jobs, faults, resume.
 
 Needs sbatch/sinfo and a running cluster: the tests skip without one, and FAIL when CI=true.
-Faults are injected with the worker's test hook QSX_BATCH_TEST_FAULT (see qsx_batch/worker.py).
+Faults are injected with the worker's test hook QSX_BATCH_TEST_FAULT (see qsx_batch/executors/worker.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,27 +23,12 @@ import yaml
 
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 from qsx_batch.result import genome_key
 from qsx_batch.store import open_for_reading, read_table
 from qsx_batch.workload import default_workload_path, load_workload
 
 FAULT = "QSX_BATCH_TEST_FAULT"
-
-
-def _cluster_up() -> bool:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    if not _cluster_up():
-        message = "no SLURM cluster: start one with 'sudo slurm/dev/start-cluster.sh'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def write_workload(folder: Path, generations: int = 1, constraint: dict | None = None,
@@ -120,10 +106,19 @@ def stop(proc: subprocess.Popen) -> None:
 def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
     workload = write_workload(tmp_path, generations=2)
     out = tmp_path / "launch.h5"
+    loaded = tmp_path / "modules"  # each task of attempt 1 lists the modules it imported (worker test hook)
     done = subprocess.run(launch_command(str(workload), "--output", str(out), "--individuals-per-task", "2"),
-                          capture_output=True, text=True, timeout=240, env=fault_env(None))
+                          capture_output=True, text=True, timeout=240, env=fault_env(f"modules={loaded}"))
     assert done.returncode == 0, done.stderr
     assert main(["explore", str(workload), "--output", str(tmp_path / "explore.h5"), "--device", "cpu"]) == 0
+
+    listings = list(tmp_path.glob("modules.*"))
+    assert listings
+    for listing in listings:  # an array task loads the worker side only
+        modules = json.loads(listing.read_text())
+        assert "qsx_batch.executors.worker" in modules
+        assert [m for m in modules if m.split(".")[0] in ("h5py", "pymoo") or m.startswith(
+            ("qsx_batch.commands", "qsx_batch.store", "qsx_batch.search", "qsx_batch.cli"))] == []
 
     ind = individuals(out)
     assert generations_stored(out) == 2
@@ -149,10 +144,11 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
 def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, monkeypatch):
     import torch
 
-    from qsx_batch.evaluate import build_problem
+    from qsx_batch.prepare import build_problem
+    from qsx_batch.executors.base import EvalRequest
+    from qsx_batch.executors.cluster import pin_outputs
+    from qsx_batch.executors.jobs import JobFiles
     from qsx_batch.executors.slurm import SlurmExecutor
-    from qsx_batch.launch import pin_outputs
-    from qsx_batch.search import EvalRequest
     from qsx_batch.workload import LaunchSpec
 
     monkeypatch.setenv(FAULT, "raise")  # task 0 of every attempt-1 array raises after its first result
@@ -164,7 +160,8 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
 
     def run(retries: int, generation: int, chosen: list[np.ndarray]) -> list:
         settings = LaunchSpec(individuals_per_task=2, max_retries=retries, time=5)
-        executor = SlurmExecutor(workload, problem, settings, tmp_path / "jobs", "t1", log=logs.append, verbose=True)
+        executor = SlurmExecutor(workload, problem, settings, JobFiles(tmp_path / "jobs", "t1"), log=logs.append,
+                                 verbose=True)
         executor.max_array_size = 1  # as on a cluster with MaxArraySize=1: one array job per chunk
         try:
             return list(executor.run([EvalRequest(g) for g in chosen], generation))
@@ -312,21 +309,23 @@ def test_unwritable_results_folder(slurm, tmp_path, capsys):
 
 def test_launch_section_then_run_settings_then_command_line(tmp_path):
     from qsx_batch.cli import build_parser
-    from qsx_batch.launch import launch_settings
+    from qsx_batch.commands.options import given_slurm_settings
+    from qsx_batch.executors.cluster import resolve_settings
 
     workload = load_workload(write_workload(tmp_path, launch={
         "partition": "cpu", "individuals_per_task": 3, "slurm_opt": {"constraint": "a100", "exclusive": True}}))
     args = build_parser().parse_args(["launch", "--partition", "gpu", "--slurm-opt", "constraint=h100",
                                       "--keep-jobs"])
-    settings = launch_settings(workload, {}, args)
+    settings = resolve_settings(workload, {}, given_slurm_settings(args))
     assert (settings.partition, settings.individuals_per_task, settings.keep_jobs) == ("gpu", 3, True)
     assert settings.slurm_opt == {"constraint": "h100", "exclusive": True}
     stored = settings.model_dump() | {"individuals_per_task": 5}
-    assert launch_settings(workload, stored, build_parser().parse_args(["launch"])).individuals_per_task == 5
+    given = given_slurm_settings(build_parser().parse_args(["launch"]))
+    assert resolve_settings(workload, stored, given).individuals_per_task == 5
 
 
 def test_site_example_is_a_valid_launch_section():
-    from qsx_batch.executors.slurm import container_python, sbatch_options
+    from qsx_batch.executors.cluster import container_python, sbatch_options
     from qsx_batch.workload import LaunchSpec
 
     data = yaml.safe_load((Path(__file__).parents[1] / "slurm" / "site-example.yaml").read_text())

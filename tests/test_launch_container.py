@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from test_launch import individuals, launch_command, slurm, write_workload  # noqa: F401  (slurm is a fixture)
+from test_launch import individuals, launch_command, write_workload
 
 STAND_IN = """#!/bin/sh
 # Records its arguments, then runs the command after the image path on the host (no container engine here).
@@ -30,7 +30,7 @@ exec "$@"
 """
 
 
-def test_workers_run_inside_the_image(slurm, tmp_path):  # noqa: F811
+def test_workers_run_inside_the_image(slurm, tmp_path):
     bin_dir, log = tmp_path / "bin", tmp_path / "apptainer.log"
     bin_dir.mkdir()
     stand_in = bin_dir / "apptainer"

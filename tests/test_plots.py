@@ -8,7 +8,7 @@ import pytest
 
 from qsx_batch.cli import main
 from qsx_batch.plots import front_bits_figure, pareto_figure
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 
 from conftest import tiny_workload_dict, write_workload
 

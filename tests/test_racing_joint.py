@@ -8,9 +8,9 @@ import torch
 
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.evaluate import build_problem, prepare_evaluator
+from qsx_batch.prepare import build_problem, prepare_evaluator
 from qsx_batch.racing import RaceContext, stage_sizes, wilson_interval
-from qsx_batch.report import load_run
+from qsx_batch.store import load_run
 from qsx_batch.workload import load_workload
 
 from conftest import tiny_workload_dict, write_workload

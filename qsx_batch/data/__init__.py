@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import UserError
-from ..imports import import_callable, is_import_reference
+from ..plugins import import_callable, is_import_reference
 from ..workload import DatasetSpec
 from .embedded import embedded_mnist
 

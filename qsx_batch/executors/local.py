@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..evaluate import Evaluator
+from ..evaluator import Evaluator
 from ..interrupts import raise_if_requested
 from ..result import IndividualResult
-from ..search import EvalRequest
+from .base import EvalRequest
 
 
 class LocalExecutor:
-    """In-process executor around one prepared :class:`~qsx_batch.evaluate.Evaluator`."""
+    """In-process executor around one prepared :class:`~qsx_batch.evaluator.Evaluator`."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator

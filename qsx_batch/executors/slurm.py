@@ -2,26 +2,25 @@
 
 One call of :meth:`SlurmExecutor.run` (one generation) splits the requests into chunks of
 ``individuals_per_task``, submits them as one array job (several when the cluster's ``MaxArraySize`` is smaller
-than the number of chunks), and yields every result as soon as its worker publishes it (see
-:mod:`qsx_batch.worker`). Individuals of tasks that raised, were cancelled, timed out too often or lost their
+than the number of chunks), and yields every result as soon as its task publishes it (:mod:`.worker` writes,
+:mod:`.jobs` is the channel). Individuals of tasks that raised, were cancelled, timed out too often or lost their
 node are resubmitted up to ``max_retries`` times; what still has no result becomes a ``failed`` result.
+
+The executor reads two private parts of submitit (1.5.x, pinned in pyproject.toml and checked by
+tests/test_submitit_contract.py): the result pickle of a finished task (``job.paths.result_pickle``, a pair
+(status, value)) and the watcher's cached SLURM states (``watcher.is_done/get_state/get_info(mode="cache")``).
 """
 
 from __future__ import annotations
 
-import getpass
 import pickle
-import re
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import submitit
@@ -31,92 +30,16 @@ from submitit.helpers import clean_env
 from ..errors import UserError
 from ..interrupts import raise_if_requested
 from ..problems import Problem
-from ..result import STATUS_FAILED, IndividualResult
-from ..search import EvalRequest
-from ..worker import EvaluateChunk, Prepare, read_results, result_key
+from ..result import IndividualResult, Status
 from ..workload import LaunchSpec, Workload
-
-# sbatch options the executor sets itself (array, logs, signal, name, time limit through --time).
-RESERVED_OPTIONS = {"array", "output", "error", "job-name", "signal", "open-mode", "time", "wrap", "test-only"}
-DEFAULT_MAX_ARRAY_SIZE = 1001
+from .base import EvalRequest
+from .cluster import cancel, container_python, max_array_size, queued_job_ids, release_requeued, sbatch_options
+from .jobs import JobFiles, read_results, result_key, stage_name
+from .worker import EvaluateChunk
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def require_slurm_clients() -> None:
-    """Raise a UserError unless SLURM's client commands are on PATH (this is a SLURM login node)."""
-    clients = ("sbatch", "srun", "squeue", "scancel", "sacct", "scontrol")
-    missing = [name for name in clients if shutil.which(name) is None]
-    if missing:
-        raise UserError(
-            f"{', '.join(missing)} not found on PATH: this machine is not a SLURM login node. Work on this machine "
-            "instead ('qsx-batch explore WORKLOAD' for a search, 'qsx-batch evaluate' without SLURM options), or "
-            "run the command where SLURM's commands are."
-        )
-
-
-def sbatch_options(settings: LaunchSpec) -> dict[str, Any]:
-    """The sbatch options of one array task (``--key=value``; ``True`` is a bare flag) from the launch settings."""
-    options: dict[str, Any] = {}
-    for key in ("partition", "account", "qos", "mem"):
-        if getattr(settings, key) is not None:
-            options[key] = getattr(settings, key)
-    if settings.gpus_per_task:
-        options["gres"] = f"gpu:{settings.gpus_per_task}"
-    for key, value in settings.slurm_opt.items():
-        flag = key.lstrip("-").replace("_", "-")
-        if flag in RESERVED_OPTIONS:
-            raise UserError(f"launch.slurm_opt '{key}' is set by qsx-batch itself; use the matching launch option "
-                            f"(--time for the time limit) instead. Reserved: {', '.join(sorted(RESERVED_OPTIONS))}.")
-        options[flag] = value
-    return options
-
-
-def container_python(image: str, binds: list[str]) -> str:
-    """The shell command that runs a task's Python inside an Apptainer image (submitit's ``python`` setting)."""
-    words = ["apptainer", "exec", "--nv"]
-    for bind in binds:
-        words += ["--bind", bind]
-    return " ".join(shlex.quote(w) for w in [*words, image, "python3"])
-
-
-def _as_flags(options: dict[str, Any]) -> list[str]:
-    return [f"--{key}" if value is True else f"--{key}={value}" for key, value in options.items() if value is not False]
-
-
-def preflight(settings: LaunchSpec, job_name: str) -> None:
-    """Let SLURM check the task settings (``sbatch --test-only``: nothing is submitted) and that sacct works."""
-    command = ["sbatch", "--test-only", f"--job-name={job_name}", f"--time={settings.time}",
-               *_as_flags(sbatch_options(settings)), "--wrap", "true"]
-    with clean_env():
-        done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UserError(
-            f"SLURM refuses the array-task settings; nothing was submitted. '{shlex.join(command)}' said:\n"
-            f"{(done.stderr or done.stdout).strip()}\n"
-            "Check --partition (sinfo lists them), --account and --qos (sacctmgr show assoc user=$USER), "
-            "--gpus-per-task (0 for partitions without GPUs), --mem and --slurm-opt."
-        )
-    done = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UserError(f"'sacct' fails ({(done.stderr or done.stdout).strip()}): qsx-batch launch needs SLURM "
-                        "accounting to notice cancelled and failed tasks. Ask your admins, or use 'qsx-batch explore'.")
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (``scontrol show config``): at most this many tasks per array job."""
-    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", done.stdout, re.M)
-    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
-
-
-def queued_job_ids(job_name: str) -> set[str]:
-    """Ids of this user's jobs called ``job_name`` that are still queued or running."""
-    done = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "--name", job_name, "-o", "%A"],
-                          capture_output=True, text=True)
-    return set(done.stdout.split())
 
 
 @dataclass
@@ -159,24 +82,23 @@ class _Array:
 class SlurmExecutor:
     """Runs evaluation requests as SLURM array tasks and yields their results as they are published."""
 
-    def __init__(self, workload: Workload, problem: Problem, settings: LaunchSpec, jobs_dir: Path, token: str,
-                 device: str | None = None, prepare: Prepare | None = None, verbose: bool = False,
-                 log: Callable[[str], None] = _stderr, poll_s: float = 0.5, state_poll_s: float = 10.0,
-                 settle_s: float = 60.0, phase: str | None = None):
+    def __init__(self, workload: Workload, problem: Problem, settings: LaunchSpec, files: JobFiles,
+                 device: str | None = None, verbose: bool = False, log: Callable[[str], None] = _stderr,
+                 poll_s: float = 0.5, state_poll_s: float = 10.0, settle_s: float = 60.0, phase: str | None = None,
+                 task: type[EvaluateChunk] = EvaluateChunk):
         self.workload = workload
         self.problem = problem
         self.settings = settings
-        self.jobs_dir = Path(jobs_dir).resolve()  # tasks may start in another folder (containers)
-        self.shards_root = self.jobs_dir / f"shards-{token}"
-        self.job_name = f"qsx-{token}"
+        self.files = JobFiles(Path(files.root).resolve(), files.token)  # tasks may start elsewhere (containers)
+        self.job_name = self.files.job_name
         self.device = device
-        self.prepare = prepare
         self.verbose = verbose
         self.log = log
         self.poll_s = poll_s
         self.state_poll_s = state_poll_s
         self.settle_s = settle_s
         self.phase = phase
+        self.task = task
         self.max_array_size = max_array_size()
         self.python = container_python(settings.container, settings.bind) if settings.container else None
         self.parameters = {
@@ -226,7 +148,7 @@ class SlurmExecutor:
         elif ids:
             handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                subprocess.run(["scancel", *ids], capture_output=True)
+                cancel(ids)
                 for array in self._active:
                     _remove_pickles(array.folder)
             finally:
@@ -244,11 +166,11 @@ class SlurmExecutor:
         tasks = []
         for start in range(0, len(chunks), self.max_array_size):
             group = chunks[start: start + self.max_array_size]
-            folder = self.jobs_dir / f"{self._stage(generation)}-a{attempt}-{uuid.uuid4().hex[:8]}"
+            folder = self.files.submission(self._stage(generation), attempt)
             executor = submitit.SlurmExecutor(folder, max_num_timeout=self.settings.max_retries, python=self.python)
             executor.update_parameters(**self.parameters)
-            work = [EvaluateChunk(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device,
-                                  self.prepare) for chunk in group]
+            work = [self.task(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device)
+                    for chunk in group]
             try:
                 with clean_env():
                     jobs = executor.submit_array(work)
@@ -306,17 +228,12 @@ class SlurmExecutor:
             self._active.remove(array)
 
     def _release_requeued(self) -> None:
-        """Start requeued tasks now: SLURM holds a requeued job (BeginTime) for about two minutes."""
-        if "begin" in self.parameters["additional_parameters"]:
+        """Start requeued tasks now instead of SLURM's two-minute hold (unless the user set a begin time)."""
+        if "begin" in self.parameters["additional_parameters"] or not self._active:
             return
-        done = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-j", ",".join(a.job_id for a in self._active),
-                               "-o", "%i %r"], capture_output=True, text=True)
-        for line in done.stdout.splitlines():
-            job_id, _, reason = line.partition(" ")
-            if reason.strip() == "BeginTime":
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
-                if self.verbose:
-                    self.log(f"released requeued task {job_id}")
+        for job_id in release_requeued([a.job_id for a in self._active]):
+            if self.verbose:
+                self.log(f"released requeued task {job_id}")
 
     def _adopt_previous_jobs(self) -> None:
         """Wait for tasks a killed launcher of this run left behind: their results are reused, not recomputed."""
@@ -329,13 +246,13 @@ class SlurmExecutor:
         while ids:
             time.sleep(self._state_interval(start))
             ids = queued_job_ids(self.job_name)
-        for folder in self.jobs_dir.glob("*/"):
+        for folder in self.files.root.glob("*/"):
             _remove_pickles(folder)
 
     def _stage(self, generation: int) -> str:
         """What log lines and submission folders call the requests of one run() call: the phase (one word) given,
         else the generation."""
-        return self.phase or _name(generation)
+        return self.phase or stage_name(generation)
 
     def _state_interval(self, start: float) -> float:
         """Seconds between SLURM state queries: 2 s at first, growing to state_poll_s (light on slurmdbd)."""
@@ -348,10 +265,10 @@ class SlurmExecutor:
         Later ones are kept: a resumed run evaluates the baseline (if asked) before the generation its killed
         launcher was in, whose tasks may have published results there.
         """
-        folder = self.shards_root / _name(generation)
-        earlier = {_name(g) for g in range(-1, generation)}
-        if self.shards_root.is_dir():
-            for old in self.shards_root.iterdir():
+        folder = self.files.shards(stage_name(generation))
+        earlier = {stage_name(g) for g in range(-1, generation)}
+        if self.files.shards_root.is_dir():
+            for old in self.files.shards_root.iterdir():
                 if old.name in earlier:
                     shutil.rmtree(old, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -367,13 +284,9 @@ class SlurmExecutor:
         return IndividualResult(
             genome=genome, params=np.full(len(lower), np.nan), accuracy=0.0, correct=0, samples=0,
             cost=self.problem.worst_cost(), blocks_total=zeros, blocks_already=zeros, blocks_created=zeros,
-            eval_seconds=0.0, host=node, device="", status=STATUS_FAILED, error=error, slurm_job_id=job_id,
+            eval_seconds=0.0, host=node, device="", status=Status.FAILED, error=error, slurm_job_id=job_id,
             slurm_array_task_id=task_id, node=node,
         )
-
-
-def _name(generation: int) -> str:
-    return "baseline" if generation < 0 else f"g{generation:04d}"
 
 
 def _remove_pickles(folder: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..imports import import_callable, is_import_reference
+from ..plugins import import_callable, is_import_reference
 from .lenet5 import LeNet5
 from .resnet_cifar import resnet8, resnet20
 

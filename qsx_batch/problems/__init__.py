@@ -1,7 +1,12 @@
-"""Problem registry: ``problem.problem_function`` names one of these."""
+"""Problem registry: ``problem.problem_function`` names one of these; :func:`create_problem` builds it."""
 
 from __future__ import annotations
 
+from torch import nn
+
+from ..errors import UserError
+from ..models.layers import LayerInfo
+from ..workload import WorkloadSpec
 from .base import Problem
 from .energy import EnergyAwareQuantProblem
 from .joint import JointProblem
@@ -16,14 +21,18 @@ PROBLEMS: dict[str, type[Problem]] = {
 }
 ALIASES = {"quant_problem": "quantization_problem", "layerwise_quantization_problem": "quantization_problem"}
 
-__all__ = ["PROBLEMS", "EnergyAwareQuantProblem", "JointProblem", "Problem", "QuantizationProblem", "SparsityProblem", "problem_class"]
+__all__ = ["PROBLEMS", "EnergyAwareQuantProblem", "JointProblem", "Problem", "QuantizationProblem", "SparsityProblem",
+           "create_problem", "problem_class"]
 
 
 def problem_class(name: str) -> type[Problem]:
     """The problem class for ``problem.problem_function`` (UserError listing valid names)."""
-    from ..errors import UserError
-
     key = ALIASES.get(name, name)
     if key not in PROBLEMS:
         raise UserError(f"Unknown problem.problem_function '{name}'. Valid names: {', '.join(PROBLEMS)}.")
     return PROBLEMS[key]
+
+
+def create_problem(spec: WorkloadSpec, model: nn.Module, layers: list[LayerInfo]) -> Problem:
+    """The workload's problem on ``model`` (modified in place) and its profiled target ``layers``."""
+    return problem_class(spec.problem.problem_function)(model, layers, spec)

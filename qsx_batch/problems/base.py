@@ -7,13 +7,17 @@ from abc import ABC, abstractmethod
 import numpy as np
 from torch import nn
 
-from .layers import LayerInfo
+from ..models.layers import LayerInfo
+from ..workload import WorkloadSpec
 
 
 class Problem(ABC):
     """Per-layer settings of one prepared model; a genome is one setting of the whole network.
 
-    Objectives are accuracy (maximized) and ``cost``; ``maximize_cost`` says which way the cost goes.
+    Every problem is built the same way, ``cls(model, layers, spec)``: the model (on its device), its profiled
+    target layers, and the workload spec it reads its settings from. Objectives are accuracy (maximized) and
+    ``cost``; ``maximize_cost`` says which way the cost goes. ``needs_calibration``: the model holds
+    TensorQuantizers whose amax must be calibrated (or loaded) before the first evaluation.
     """
 
     name: str = ""
@@ -21,8 +25,9 @@ class Problem(ABC):
     cost_unit: str = ""
     maximize_cost: bool = False
     counts_blocks: bool = False
+    needs_calibration: bool = False
 
-    def __init__(self, model: nn.Module, layers: list[LayerInfo]):
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         self.model = model
         self.layers = layers
 

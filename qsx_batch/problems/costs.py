@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .layers import LayerInfo
+from ..models.layers import LayerInfo
 
 CostFunction = Callable[[np.ndarray, np.ndarray, list[LayerInfo]], float]
 

@@ -24,8 +24,8 @@ import numpy as np
 from torch import nn
 
 from ..errors import UserError
-from ..workload import EnergySpec, ExtraArgs
-from .layers import LayerInfo
+from ..models.layers import LayerInfo
+from ..workload import EnergySpec, WorkloadSpec
 from .quantization import QuantizationProblem
 
 TRANSFERS = ("weight_reads", "input_reads", "output_writes")
@@ -152,9 +152,9 @@ class EnergyAwareQuantProblem(QuantizationProblem):
 
     name = "energy_aware_quant_problem"
 
-    def __init__(self, model: nn.Module, layers: list[LayerInfo], extra: ExtraArgs, calib_method: str):
-        self.energy = EnergyModel(layer_tensors(model, layers), extra.energy)
-        super().__init__(model, layers, extra, calib_method)
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
+        self.energy = EnergyModel(layer_tensors(model, layers), spec.exploration.extra_args.energy)
+        super().__init__(model, layers, spec)
         self.cost_name, self.cost_unit = "dram_energy", "uJ per inference"
 
     def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:

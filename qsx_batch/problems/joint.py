@@ -12,8 +12,8 @@ import numpy as np
 from torch import nn
 
 from ..errors import UserError
-from ..workload import ExtraArgs
-from .layers import LayerInfo
+from ..models.layers import LayerInfo
+from ..workload import WorkloadSpec
 from .quantization import QuantizationProblem
 from .sparsity import SparsityProblem
 
@@ -26,13 +26,14 @@ class JointProblem(QuantizationProblem):
     cost_unit = "effective BitOps per sample"
     counts_blocks = True
 
-    def __init__(self, model: nn.Module, layers: list[LayerInfo], extra: ExtraArgs, calib_method: str):
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
+        extra = spec.exploration.extra_args
         if extra.discrete_threshold_method == "continuous":
             raise UserError("joint_problem needs discrete thresholds (exploration.extra_args."
                             "discrete_threshold_method: linear or log), not continuous.")
-        super().__init__(model, layers, extra, calib_method)
+        super().__init__(model, layers, spec)
         self.cost_name, self.cost_unit = JointProblem.cost_name, JointProblem.cost_unit
-        self.sparsity = SparsityProblem(model, layers, extra, next(model.parameters()).device)
+        self.sparsity = SparsityProblem(model, layers, spec)
         self.block_size = extra.block_size
         self.n_bits = len(self.quantizers)
         zeros = np.zeros(len(layers), dtype=np.int64)

@@ -7,42 +7,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..quant_modules import quant_nn, quantize_layers
-from ..calibration import quantizers_of
-from ..workload import ExtraArgs
+from ..models.layers import LayerInfo
+from ..models.quantized import InferenceTensorQuantizer, quantize_layers, quantizers_of
+from ..workload import WorkloadSpec
 from .base import Problem
 from .costs import COST_FUNCTIONS
-from .layers import LayerInfo
-
-
-def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
-    """pytorch-quantization's signed fake quantization bit for bit, ``clamp(round(x * s), -b, b) / s`` with
-    ``b = 2**(num_bits-1) - 1`` and ``s = b / amax`` (0 where amax <= 2**-24, and 1 for the division there),
-    computed in place with scalar clamp bounds and no host synchronisation."""
-    max_bound = 2.0 ** (num_bits - 1) - 1.0
-    scale = torch.full_like(amax, max_bound) / amax
-    zero = amax <= 1.0 / (1 << 24)
-    out = inputs * torch.where(zero, 0.0, scale)
-    out.round_().clamp_(-max_bound if narrow_range else -max_bound - 1.0, max_bound)
-    return out.div_(torch.where(zero, 1.0, scale))
-
-
-class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
-    """A TensorQuantizer that fake-quantizes with :func:`fake_quant` when no gradient is needed (the library
-    clamps with tensor bounds, several times slower on CPU). Training, dynamic or learned amax, unsigned and
-    non-fp32 tensors keep the library's own path."""
-
-    def _fast(self, inputs: torch.Tensor) -> bool:
-        amax = getattr(self, "_amax", None)
-        return (amax is not None and amax.dtype == torch.float32 and inputs.dtype == torch.float32
-                and self._fake_quant and not self._learn_amax and not self._unsigned
-                and not quant_nn.TensorQuantizer.use_fb_fake_quant
-                and not (inputs.requires_grad and torch.is_grad_enabled()))
-
-    def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if not self._fast(inputs):
-            return super()._quant_forward(inputs)
-        return fake_quant(inputs, self._get_amax(inputs), self._num_bits, self._narrow_range)
 
 
 class QuantizationProblem(Problem):
@@ -55,9 +24,12 @@ class QuantizationProblem(Problem):
     """
 
     name = "quantization_problem"
+    needs_calibration = True
 
-    def __init__(self, model: nn.Module, layers: list[LayerInfo], extra: ExtraArgs, calib_method: str):
-        super().__init__(model, layers)
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
+        super().__init__(model, layers, spec)
+        extra = spec.exploration.extra_args
+        calib_method = spec.calibration.method if spec.calibration else "max"
         if extra.bit_weighting_function not in COST_FUNCTIONS:
             raise UserError(
                 f"Unknown exploration.extra_args.bit_weighting_function '{extra.bit_weighting_function}'. "

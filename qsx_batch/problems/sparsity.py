@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..workload import ExtraArgs
+from ..models.layers import LayerInfo
+from ..workload import ExtraArgs, WorkloadSpec
 from .base import Problem
-from .layers import LayerInfo
 
 
 def threshold_values(extra: ExtraArgs) -> np.ndarray | None:
@@ -109,8 +109,10 @@ class SparsityProblem(Problem):
     maximize_cost = True
     counts_blocks = True
 
-    def __init__(self, model: nn.Module, layers: list[LayerInfo], extra: ExtraArgs, device: torch.device):
-        super().__init__(model, layers)
+    def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
+        super().__init__(model, layers, spec)
+        extra = spec.exploration.extra_args
+        device = next(model.parameters()).device
         self.steps = threshold_values(extra)
         self.limit = extra.threshold_limit
         self.block_size = extra.block_size

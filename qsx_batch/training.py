@@ -1,4 +1,5 @@
-"""Train a network's fp32 weights from the workload's ``training`` section (``qsx-batch train``)."""
+"""Training: fp32 weights from the workload's ``training`` section (``qsx-batch train``), and quantization-aware
+fine-tuning of chosen individuals (``qsx-batch retrain``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from torch import nn
 
 from .data import Samples
 from .errors import UserError
-from .evaluate import load_block, workload_device
 from .models import build_model, save_weights
+from .prepare import load_block, workload_device
+from .problems import Problem
 from .workload import TrainingSpec, Workload
 
 
@@ -74,3 +76,15 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
                           or workload.spec.exploration.datasets.exploration, "held-out").to(device)
     save_weights(model.cpu(), output)
     return reports, accuracy_on(model.to(device), held_out)
+
+
+def save_finetuned(problem: Problem, path: Path, row: int) -> None:
+    """Save fine-tuned fp32 weights (loadable as ``model.weights``) with the quantizer amax and the gene names."""
+    state = problem.model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({
+        "state_dict": {k: v.cpu() for k, v in state.items() if "_quantizer." not in k},
+        "quantizers": {k: v.cpu() for k, v in state.items() if "_quantizer." in k},
+        "individual": int(row),
+        "gene_names": list(problem.gene_names),
+    }, path)

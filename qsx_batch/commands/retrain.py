@@ -12,41 +12,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UserError
-from .interrupts import raise_if_requested
+from .options import add_followup
 
-TABLE = "retraining"
-
-
-def table_columns() -> dict:
-    """Columns of the ``retraining`` table: one row per individual and epoch (epoch 0: before fine-tuning)."""
-    from .store import STR
-
-    return {"individual": ("i8", None), "epoch": ("i4", None), "loss": ("f8", None), "accuracy": ("f8", None),
-            "samples": ("i8", None), "learning_rate": ("f8", None), "weights": (STR, None), "finished_at": ("f8", None)}
+NAME = "retrain"
+HELP = "quantization-aware fine-tuning of chosen individuals (bit widths fixed)"
+DESCRIPTION = ("Fine-tune each chosen individual from a fresh copy of the base weights with the workload's "
+               "'retraining' section; store accuracy per epoch and the weights.")
 
 
-def save_finetuned(problem, path: Path, row: int) -> None:
-    """Save the fine-tuned fp32 weights (loadable as ``model.weights``) with the quantizer amax and parameters."""
-    import torch
-
-    state = problem.model.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": {k: v.cpu() for k, v in state.items() if "_quantizer." not in k},
-        "quantizers": {k: v.cpu() for k, v in state.items() if "_quantizer." in k},
-        "individual": int(row),
-        "gene_names": list(problem.gene_names),
-    }, path)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_followup(p)
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs per individual (default: retraining.epochs)")
+    p.add_argument("--out", metavar="DIR", help="folder for the fine-tuned weights (default: <results stem>-retrained)")
 
 
-def cmd_retrain(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import time
 
-    from .evaluate import build_problem, load_block, workload_device
+    from ..errors import UserError
+    from ..interrupts import raise_if_requested
+    from ..prepare import build_problem, load_block, workload_device
+    from ..store import open_for_append
+    from ..store.format import RETRAINING
+    from ..training import accuracy_on, fit, save_finetuned
     from .followup import load_followup
-    from .store import open_for_append
-    from .train import accuracy_on, fit
 
     job = load_followup(args)
     workload = job.workload
@@ -71,7 +60,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             weights = out / f"individual-{row}.pt"
 
             def store(epoch: int, loss: float, accuracy: float) -> None:
-                writer.append_row(TABLE, table_columns(), {
+                writer.append_row(RETRAINING, {
                     "individual": row, "epoch": epoch, "loss": loss, "accuracy": accuracy, "samples": len(validation),
                     "learning_rate": spec.learning_rate, "weights": str(weights.resolve()), "finished_at": time.time()})
                 raise_if_requested()
@@ -83,17 +72,5 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 on_epoch=lambda r: store(r.epoch, r.loss, r.accuracy))
             save_finetuned(problem, weights, row)
             print(f"#{row:<5} fine-tuned weights -> {weights}")
-    print(f"accuracy per epoch stored in {job.run.path} (table '{TABLE}'); see: qsx-batch inspect {job.run.path}")
+    print(f"accuracy per epoch stored in {job.run.path} (table '{RETRAINING}'); see: qsx-batch inspect {job.run.path}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``retrain`` subcommand."""
-    from .followup import add_followup_parser
-
-    p = add_followup_parser(sub, "retrain", "quantization-aware fine-tuning of chosen individuals (bit widths fixed)",
-                            "Fine-tune each chosen individual from a fresh copy of the base weights with the "
-                            "workload's 'retraining' section; store accuracy per epoch and the weights.")
-    p.add_argument("--epochs", type=int, metavar="E", help="epochs per individual (default: retraining.epochs)")
-    p.add_argument("--out", metavar="DIR", help="folder for the fine-tuned weights (default: <results stem>-retrained)")
-    p.set_defaults(func=cmd_retrain)

@@ -14,87 +14,19 @@ import fcntl
 import json
 import os
 import time
-from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .errors import UserError
-from .result import IndividualResult
-
-FORMAT = "qsx-batch-results"
-FORMAT_VERSION = 1
-STR = h5py.string_dtype()
-GROW_ROWS = 64  # rows added to every column of a table at once (the chunk length)
-
-# column name -> (dtype, width); width "genes"/"layers" is filled in per run, 2 is the objective pair.
-COLUMNS: dict[str, tuple[Any, Any]] = {
-    "genome": ("f8", "genes"),
-    "params": ("f8", "genes"),
-    "accuracy": ("f8", None),
-    "correct": ("i8", None),
-    "samples": ("i8", None),
-    "cost": ("f8", None),
-    "objectives": ("f8", 2),
-    "fitness": ("f8", 2),
-    "constraint": ("f8", None),
-    "blocks_total": ("i8", "layers"),
-    "blocks_already": ("i8", "layers"),
-    "blocks_created": ("i8", "layers"),
-    "generation": ("i4", None),
-    "eval_seconds": ("f8", None),
-    "finished_at": ("f8", None),
-    "status": (STR, None),
-    "error": (STR, None),
-    "host": (STR, None),
-    "device": (STR, None),
-    "slurm_job_id": (STR, None),
-    "slurm_array_task_id": ("i8", None),
-    "node": (STR, None),
-    "gpu": (STR, None),
-    "attempt": ("i4", None),
-    "ci_low": ("f8", None),
-    "ci_high": ("f8", None),
-}
-BASELINE_COLUMNS = {**COLUMNS, "label": (STR, None), "dataset": (STR, None)}
-GENERATION_COLUMNS = {
-    "population": ("i8", "pop"),
-    "evaluated": ("i8", None),
-    "eval_seconds": ("f8", None),
-    "samples": ("i8", None),
-    "hypervolume": ("f8", None),
-    "finished_at": ("f8", None),
-}
-
-
-@dataclass(frozen=True)
-class RunHeader:
-    """What is fixed for a run: written once when the file is created."""
-
-    workload_name: str
-    workload_sha256: str
-    workload_yaml: str
-    workload_path: str
-    problem: str
-    seed: int
-    cost_name: str
-    cost_unit: str
-    maximize_cost: bool
-    integer: bool
-    gene_names: list[str]
-    lower: np.ndarray
-    upper: np.ndarray
-    layer_names: list[str]
-    layer_kinds: list[str]
-    layer_params: list[int]
-    layer_macs: list[int]
-    layer_input_shapes: list[str]
-    pop_size: int
-    versions: dict[str, str]
-    worst_cost: float
-    max_blocks_per_sample: float
+from ..errors import UserError
+from ..result import IndividualResult
+from ..workload import Workload
+from .format import (BASELINE_COLUMNS, COLUMNS, FOLLOW_UP_COLUMNS, FORMAT, FORMAT_VERSION, GENERATION_COLUMNS,
+                     GROW_ROWS, STR, RunHeader)
+from .reader import check_format, read_table, stored_workload, table_count
 
 
 def _create_table(group: h5py.Group, columns: dict, widths: dict[str, int]) -> None:
@@ -103,10 +35,6 @@ def _create_table(group: h5py.Group, columns: dict, widths: dict[str, int]) -> N
         group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                              chunks=(64, *shape), fillvalue=None if dtype is STR else 0)
     group.create_dataset("count", shape=(1,), dtype="i8", data=[0])
-
-
-def _table_count(group: h5py.Group) -> int:
-    return int(group["count"][0])
 
 
 class _Table:
@@ -128,7 +56,7 @@ class _Table:
             for ds in self.columns.values():
                 ds.resize(self.capacity, axis=0)
         for name, value in row.items():
-            self.columns[name][index] = value
+            self.columns[name][index] = value.value if isinstance(value, Enum) else value
         self.count.file.flush()
         self.count[0] = index + 1
         self.count.file.flush()
@@ -158,7 +86,8 @@ def _result_row(result: IndividualResult, generation: int, fitness: tuple, const
 
 
 class ResultsWriter:
-    """The single writer of a results file (holds an exclusive lock file beside it)."""
+    """The single writer of a results file (holds an exclusive lock file beside it); it also answers what the
+    file holds, so a resumed run reads its state through the handle it writes with."""
 
     def __init__(self, path: Path, file: h5py.File, lock_fd: int):
         self.path = path
@@ -170,6 +99,25 @@ class ResultsWriter:
         if name not in self._tables:
             self._tables[name] = _Table(self.file[name])
         return self._tables[name]
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        """The run's header attributes (workload, problem, cost, seed, versions)."""
+        return dict(self.file.attrs)
+
+    def read(self, table: str) -> dict[str, np.ndarray]:
+        """Every committed row of a table, by column."""
+        return read_table(self.file, table)
+
+    def minimum_accuracy(self) -> float | None:
+        """The run's accuracy constraint, once known (None: unconstrained or not set yet)."""
+        value = float(self.file["run/minimum_accuracy"][0])
+        return None if np.isnan(value) else value
+
+    def workload(self) -> Workload:
+        """The workload stored in the file."""
+        return stored_workload(self.file, self.path)
 
     # -- writing -------------------------------------------------------------------------------------------
     def append_individual(self, result: IndividualResult, generation: int, fitness: tuple, constraint: float,
@@ -196,11 +144,12 @@ class ResultsWriter:
             "hypervolume": hypervolume, "finished_at": time.time(),
         })
 
-    def append_row(self, table: str, columns: dict[str, tuple[Any, Any]], row: dict[str, Any]) -> int:
-        """Append and flush one row of a follow-up table, created with ``columns`` on first use (needs swmr=False)."""
+    def append_row(self, table: str, row: dict[str, Any]) -> int:
+        """Append and flush one row of a follow-up table (format.FOLLOW_UP_COLUMNS), created on first use
+        (needs a writer opened with swmr=False)."""
         if table not in self.file:
             widths = {"genes": len(self.file["genes/names"]), "layers": len(self.file["layers/names"])}
-            _create_table(self.file.create_group(table), columns, widths)
+            _create_table(self.file.create_group(table), FOLLOW_UP_COLUMNS[table], widths)
         return self._table(table).append(row)
 
     def close(self) -> None:
@@ -213,9 +162,7 @@ class ResultsWriter:
                 pass
             self.file.close()
         if self._lock_fd >= 0:
-            lock_path = self.path.with_name(self.path.name + ".lock")
-            lock_path.unlink(missing_ok=True)
-            os.close(self._lock_fd)
+            _unlock(self.path, self._lock_fd)
             self._lock_fd = -1
 
     def __enter__(self) -> "ResultsWriter":
@@ -223,6 +170,11 @@ class ResultsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _unlock(path: Path, fd: int) -> None:
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+    os.close(fd)
 
 
 def _lock(path: Path) -> int:
@@ -249,7 +201,7 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
     try:
         f = h5py.File(building, "w", libver="latest")
     except OSError as exc:
-        os.close(lock_fd)
+        _unlock(path, lock_fd)
         raise UserError(f"Cannot create results file {path}: {exc}.") from None
     attrs = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.time(),
@@ -285,7 +237,7 @@ def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
     """Copy a group; of a table (a group with ``count``) only the committed rows, which a killed writer left
     intact (rows beyond ``count`` may reference data that never reached the disk)."""
     dst.attrs.update(dict(src.attrs))
-    count = _table_count(src) if "count" in src else None
+    count = table_count(src) if "count" in src else None
     for key, obj in src.items():
         if isinstance(obj, h5py.Group):
             _copy_committed(obj, dst.create_group(key))
@@ -309,7 +261,8 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
 
     ``swmr=False`` keeps the file in plain append mode, in which new tables can be created (follow-up commands).
     """
-    check_results_file(path)
+    if not Path(path).is_file():
+        raise UserError(f"Results file {path} does not exist.")
     lock_fd = _lock(path)
     try:
         try:
@@ -320,8 +273,14 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
             _copy_clean(path)
             f = h5py.File(path, "a", libver="latest")
     except OSError as exc:
-        os.close(lock_fd)
-        raise UserError(f"Cannot open results file {path} for writing: {exc}.") from None
+        _unlock(path, lock_fd)
+        raise UserError(f"Cannot open results file {path} for writing ({exc}); is it a qsx-batch results file?") from None
+    try:
+        check_format(f, path)
+    except UserError:
+        f.close()
+        _unlock(path, lock_fd)
+        raise
     for table in ("individuals", "baseline", "generations"):
         _Table(f[table]).trim()
     if swmr:
@@ -329,66 +288,3 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
     return ResultsWriter(path, f, lock_fd)
 
 
-def open_for_reading(path: Path) -> h5py.File:
-    """Open a results file read-only, also while a writer has it open (SWMR) or after it was killed."""
-    if not Path(path).is_file():
-        raise UserError(f"Results file {path} does not exist.")
-    try:
-        f = h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        try:
-            return h5py.File(path, "r")
-        except OSError as exc:
-            raise UserError(f"{path} is not a readable HDF5 file ({exc}).") from None
-    size, stored = os.path.getsize(path), f.id.get_filesize()
-    if size < stored and not _writer_alive(Path(path)):  # SWMR readers would wait forever for the missing bytes
-        f.close()
-        raise UserError(f"{path} is truncated ({size} of {stored} bytes; an interrupted copy?). Copy it again.")
-    return f
-
-
-def _writer_alive(path: Path) -> bool:
-    """Whether a writer holds the lock file beside ``path`` (probed with a shared lock, released at once)."""
-    try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def check_results_file(path: Path) -> None:
-    """Raise a UserError unless ``path`` is a qsx-batch results file."""
-    with open_for_reading(path) as f:
-        if f.attrs.get("format") != FORMAT:
-            raise UserError(f"{path} is an HDF5 file but not a qsx-batch results file.")
-        if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(f"{path} was written by a newer qsx-batch (format {f.attrs['format_version']}).")
-
-
-def read_table(f: h5py.File, name: str) -> dict[str, np.ndarray]:
-    """Every column of a table, cut to its committed row count; strings decoded."""
-    group = f[name]
-    if f.mode == "r":
-        group["count"].refresh()
-    count = _table_count(group)
-    out = {}
-    for key, ds in group.items():
-        if key == "count":
-            continue
-        if f.mode == "r":
-            ds.refresh()
-        data = ds[:count]
-        if h5py.check_string_dtype(ds.dtype):
-            data = np.array([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
-        out[key] = data
-    return out
-
-
-def read_strings(f: h5py.File, name: str) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]

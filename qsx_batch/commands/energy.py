@@ -1,0 +1,54 @@
+"""``qsx-batch energy``: the per-layer DRAM transfer and energy table of a workload (CSV).
+
+The written CSV has the columns an ``energy.table`` needs (``layer``, ``weight_reads``, ``input_reads``,
+``output_writes``), so it doubles as a template to fill with an accelerator model's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_workload
+
+NAME = "energy"
+HELP = "write the per-layer DRAM transfer and energy table of a workload (CSV)"
+DESCRIPTION = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_workload(p)
+    p.add_argument("--bits", type=int, metavar="B",
+                   help="bit width of every input and weight (default: exploration.extra_args.num_bits_upper_limit)")
+    p.add_argument("--output", "-o", metavar="FILE", help="CSV to write (default: RESULTS/<name>.energy.csv)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..dram_energy import workload_energy_model
+    from ..errors import UserError
+    from ..report import write_csv
+    from ..workload import load_workload
+
+    workload = load_workload(args.workload)
+    extra = workload.spec.exploration.extra_args
+    bits = args.bits if args.bits is not None else extra.num_bits_upper_limit
+    if not 1 <= bits <= 32:
+        raise UserError(f"--bits {bits}: give a bit width from 1 to 32.")
+    model = workload_energy_model(workload)
+    n = len(model.tensors)
+    rows = model.rows(np.full(n, bits), np.full(n, bits))
+    output = Path(args.output) if args.output else workload.results_dir() / f"{workload.name}.energy.csv"
+    try:
+        write_csv(rows, output)
+    except OSError as exc:
+        raise UserError(f"Cannot write the energy table {output}: {exc}.") from None
+    print(f"DRAM transfers and energy per inference at {bits} bits ({model.source}, "
+          f"{extra.energy.pj_per_access:g} pJ per {extra.energy.access_bits}-bit access)")
+    print(f"  {'layer':<16}{'weight_reads':>14}{'input_reads':>14}{'output_writes':>15}{'energy_uJ':>12}")
+    for r in rows:
+        print(f"  {r['layer']:<16}{r['weight_reads']:>14.0f}{r['input_reads']:>14.0f}{r['output_writes']:>15.0f}"
+              f"{r['energy_uj']:>12.4f}")
+    print(f"  {'total':<16}{'':>43}{sum(r['energy_uj'] for r in rows):>12.4f}\nwrote {output}")
+    return 0

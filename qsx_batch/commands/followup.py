@@ -1,0 +1,49 @@
+"""What ``evaluate`` and ``retrain`` share: the chosen individuals of a results file and the run's workload.
+
+Both read the results file first (nothing is written when an option, index or workload is wrong), build
+everything they need, and only then open the file for appending (which fails while a run writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..problems import Problem
+from ..selection import has_choice, selected_rows
+from ..store import RunData, load_run, run_workload
+from ..workload import Workload
+
+
+@dataclass
+class FollowUp:
+    """A results file, its chosen rows and the workload they belong to."""
+
+    run: RunData
+    rows: np.ndarray
+    workload: Workload
+
+    def genome(self, row: int) -> np.ndarray:
+        return self.run.individuals["genome"][row]
+
+    def check_problem(self, problem: Problem) -> None:
+        """Raise a UserError unless ``problem`` has the genes the results file was written with."""
+        if list(problem.gene_names) != self.run.gene_names:
+            raise UserError(f"The workload's problem has genes {problem.gene_names}, but {self.run.path} was written "
+                            f"with {self.run.gene_names}; use the workload of that run.")
+
+
+def load_followup(args: argparse.Namespace) -> FollowUp:
+    """Read the results file and resolve the chosen individuals (a UserError when none are chosen)."""
+    if not has_choice(args):
+        raise UserError("Choose individuals: --top N (best by --by), --pareto, --index I ..., or --generation G.")
+    path = Path(args.results)
+    run = load_run(path)
+    rows = selected_rows(run, args)
+    if not len(rows):
+        raise UserError(f"No individual of {path} matches the choice; see 'qsx-batch inspect {path}'.")
+    return FollowUp(run, rows, run_workload(path, args.workload))

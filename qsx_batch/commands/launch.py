@@ -1,0 +1,56 @@
+"""``qsx-batch launch``: the ``explore`` search with every generation evaluated as SLURM array jobs.
+
+The launcher builds the problem here on CPU (calibrating once, before any task starts), opens the results file
+as its only writer and runs the search with a :class:`~qsx_batch.executors.slurm.SlurmExecutor`; its SLURM files
+live in ``<run>.jobs/`` beside the results file (:mod:`qsx_batch.executors.jobs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_run_options, add_slurm_options, add_workload, given_slurm_settings
+
+NAME = "launch"
+HELP = "run an exploration with every generation as SLURM array jobs"
+DESCRIPTION = ("The explore search on a SLURM cluster: each generation is one array job (submitit); results stream "
+               "into the results file as tasks report them. Options default to the workload's 'launch:' section "
+               "(same names with underscores); on --resume, to the run's own settings.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_workload(p)
+    add_run_options(p)
+    add_slurm_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..executors.cluster import checked_settings, pin_outputs, require_slurm_clients
+    from ..executors.jobs import RunJobs
+    from ..executors.slurm import SlurmExecutor
+    from ..prepare import build_problem
+    from ..runs import closed_on_failure, create_run, ensure_writable, open_resumed, run_search
+    from ..search import SearchOptions
+    from ..workload import load_workload
+
+    require_slurm_clients()
+    resume = Path(args.resume) if args.resume else None
+    output = Path(args.output) if args.output else None
+    workload, writer = open_resumed(resume, args.workload) if resume else (load_workload(args.workload), None)
+    with closed_on_failure(writer):
+        workload = pin_outputs(workload)
+        settings = checked_settings(workload, RunJobs(resume).settings() if resume else {}, given_slurm_settings(args))
+        if resume is None:
+            ensure_writable(output.parent if output else workload.results_dir())
+        problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
+        writer = writer or create_run(workload, problem, output)
+    with closed_on_failure(writer):
+        files = RunJobs(writer.path).start(workload.name, settings.model_dump(), new=resume is None)
+        executor = SlurmExecutor(workload, problem, settings, files, device=args.device, verbose=args.verbose)
+    print(f"results -> {writer.path}\nSLURM job name {executor.job_name}; sbatch scripts and logs in {files.root}",
+          flush=True)
+    options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose)
+    return run_search(workload, problem, executor, writer, options, NAME)

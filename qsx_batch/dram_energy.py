@@ -1,0 +1,33 @@
+"""Estimated DRAM energy per inference: the per-layer table of a workload, and the energy of stored individuals
+(model and settings: :mod:`qsx_batch.problems.energy`, docs/analysis.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .prepare import profile_model
+from .problems.energy import EnergyAwareQuantProblem, EnergyModel, layer_tensors
+from .result import Status
+from .store import RunData, run_workload
+from .workload import Workload
+
+
+def workload_energy_model(workload: Workload) -> EnergyModel:
+    """The workload's energy model (its ``energy`` settings) on the model's target layers; no calibration needed."""
+    model, layers = profile_model(workload, torch.device("cpu"))
+    return EnergyModel(layer_tensors(model, layers), workload.spec.exploration.extra_args.energy)
+
+
+def run_energy(run: RunData) -> np.ndarray:
+    """DRAM energy per inference [uJ] of every individual of a quantization run (NaN where evaluation failed)."""
+    ind = run.individuals
+    if run.attrs["problem"] == EnergyAwareQuantProblem.name:
+        return np.where(ind["status"] == Status.OK, ind["cost"], np.nan)
+    if not run.bits:
+        raise UserError(f"Energy needs bit widths; {run.path} is a {run.attrs['problem']} run.")
+    model = workload_energy_model(run_workload(run.path))
+    columns = run.param_columns()
+    return np.array([model.energy_uj(p[columns["input_bits"]], p[columns["weight_bits"]]) if s == Status.OK else np.nan
+                     for p, s in zip(ind["params"], ind["status"])])

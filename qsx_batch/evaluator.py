@@ -1,0 +1,98 @@
+"""Score genomes, one by one, on a prepared problem and fixed sample sets.
+
+The single scoring path behind every command: ``explore`` (in-process), the SLURM array tasks, ``evaluate`` and
+``blocks``. Build one with :func:`qsx_batch.prepare.prepare_evaluator`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import Samples
+from .problems import Problem
+from .racing import RaceContext, stage_sizes
+from .result import IndividualResult, Status
+
+
+def _slurm_fields() -> dict:
+    env = os.environ
+    job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID", "")
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    return {"slurm_job_id": job, "slurm_array_task_id": int(task) if task else -1, "node": env.get("SLURMD_NODENAME", "")}
+
+
+@dataclass
+class Evaluator:
+    """Scores genomes of one problem on fixed, preloaded sample sets named by dataset (``exploration``,
+    ``baseline``, or a dotted workload key such as ``reevaluation.datasets.reevaluate``)."""
+
+    problem: Problem
+    samples: dict[str, Samples]
+    device: torch.device
+
+    def __post_init__(self):
+        self.host = socket.gethostname()
+        self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+        self.slurm = _slurm_fields()
+
+    def _forward(self, samples: Samples, start: int, stop: int) -> int:
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            for inputs, labels in samples.batches(start, stop):
+                correct += (self.problem.model(inputs).argmax(1) == labels).sum()
+        return int(correct)
+
+    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[int, int, tuple]:
+        """Forward over the stages; returns (correct, samples used, (reason, low, high) or ())."""
+        total = len(samples)
+        sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]
+        correct = done = 0
+        for n in sizes:
+            correct += self._forward(samples, done, n)
+            done = n
+            if race is not None and n < total:
+                created = self.problem.read_counts()[2]
+                verdict = race.stop_reason(correct, n, self.problem.cost(params, created, n))
+                if verdict[0]:
+                    return correct, done, verdict
+        return correct, done, ()
+
+    def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration",
+                 race: RaceContext | None = None) -> IndividualResult:
+        """Score one genome (``None``: the fp32 network) on a named sample set; errors become a failed result.
+
+        With a race context the genome is scored stage by stage and may stop early (status ``raced_out``).
+        """
+        start = time.perf_counter()
+        samples = self.samples[dataset]
+        lo, _ = self.problem.bounds
+        vector = np.full(len(lo), np.nan) if genome is None else np.asarray(genome, dtype=float)
+        n_layers = len(self.problem.layers)
+        ci = (np.nan, np.nan)
+        try:
+            self.problem.configure(genome)
+            params = self.problem.fp32_params() if genome is None else self.problem.decode(genome)
+            correct, used, raced = self._race(samples, params, race)
+            total, already, created = self.problem.read_counts()
+            accuracy = correct / used
+            cost = self.problem.cost(params, created, used)
+            status, error = Status.OK, ""
+            if raced:
+                status, error, ci = Status.RACED_OUT, raced[0], raced[1:]
+        except Exception as exc:  # one bad individual must not stop a search; the error is recorded
+            params = np.full(len(lo), np.nan)
+            correct, used, accuracy, cost = 0, len(samples), 0.0, self.problem.worst_cost()
+            total = already = created = np.zeros(n_layers, dtype=np.int64)
+            status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
+        return IndividualResult(
+            genome=vector, params=params, accuracy=accuracy, correct=correct, samples=used, cost=cost,
+            blocks_total=total, blocks_already=already, blocks_created=created,
+            eval_seconds=time.perf_counter() - start, host=self.host, device=str(self.device), status=status,
+            error=error, gpu=self.gpu, ci_low=float(ci[0]), ci_high=float(ci[1]), **self.slurm,
+        )

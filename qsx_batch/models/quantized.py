@@ -1,0 +1,94 @@
+"""Fake-quantized layers: Conv2d/Linear swapped for pytorch-quantization's QuantConv2d/QuantLinear, their
+TensorQuantizers named, and a faster quantizer for inference with the same numbers."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from absl import logging as absl_logging
+    from pytorch_quantization import nn as quant_nn
+    from pytorch_quantization.tensor_quant import QuantDescriptor
+
+from .layers import set_submodule
+
+absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _descriptors(calib_method: str) -> tuple[QuantDescriptor, QuantDescriptor]:
+    """Per-tensor input quantizer with the chosen calibrator; per-output-channel max weight quantizer."""
+    return (
+        QuantDescriptor(num_bits=8, calib_method=calib_method),
+        QuantDescriptor(num_bits=8, axis=(0,), calib_method="max"),
+    )
+
+
+def to_quant_module(module: nn.Module, calib_method: str) -> nn.Module:
+    """A QuantConv2d/QuantLinear with ``module``'s configuration and weights."""
+    desc_in, desc_w = _descriptors(calib_method)
+    if isinstance(module, nn.Conv2d):
+        new = quant_nn.QuantConv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode,
+            quant_desc_input=desc_in, quant_desc_weight=desc_w,
+        )
+    else:
+        new = quant_nn.QuantLinear(
+            module.in_features, module.out_features, module.bias is not None,
+            quant_desc_input=desc_in, quant_desc_weight=desc_w,
+        )
+    new.load_state_dict(module.state_dict(), strict=False)
+    return new.to(module.weight.device)
+
+
+def quantize_layers(model: nn.Module, names: list[str], calib_method: str) -> list[nn.Module]:
+    """Replace the named layers in place; return the new modules in the same order."""
+    new_modules = []
+    for name in names:
+        new = to_quant_module(model.get_submodule(name), calib_method)
+        set_submodule(model, name, new)
+        new_modules.append(new)
+    return new_modules
+
+
+def quantizers_of(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """(name, TensorQuantizer) for each quantized layer: input first, then weight."""
+    pairs = []
+    for name, module in modules:
+        pairs.append((f"{name}.input", module._input_quantizer))
+        pairs.append((f"{name}.weight", module._weight_quantizer))
+    return pairs
+
+
+def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
+    """pytorch-quantization's signed fake quantization bit for bit, ``clamp(round(x * s), -b, b) / s`` with
+    ``b = 2**(num_bits-1) - 1`` and ``s = b / amax`` (0 where amax <= 2**-24, and 1 for the division there),
+    computed in place with scalar clamp bounds and no host synchronisation."""
+    max_bound = 2.0 ** (num_bits - 1) - 1.0
+    scale = torch.full_like(amax, max_bound) / amax
+    zero = amax <= 1.0 / (1 << 24)
+    out = inputs * torch.where(zero, 0.0, scale)
+    out.round_().clamp_(-max_bound if narrow_range else -max_bound - 1.0, max_bound)
+    return out.div_(torch.where(zero, 1.0, scale))
+
+
+class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
+    """A TensorQuantizer that fake-quantizes with :func:`fake_quant` when no gradient is needed (the library
+    clamps with tensor bounds, several times slower on CPU). Training, dynamic or learned amax, unsigned and
+    non-fp32 tensors keep the library's own path."""
+
+    def _fast(self, inputs: torch.Tensor) -> bool:
+        amax = getattr(self, "_amax", None)
+        return (amax is not None and amax.dtype == torch.float32 and inputs.dtype == torch.float32
+                and self._fake_quant and not self._learn_amax and not self._unsigned
+                and not quant_nn.TensorQuantizer.use_fb_fake_quant
+                and not (inputs.requires_grad and torch.is_grad_enabled()))
+
+    def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self._fast(inputs):
+            return super()._quant_forward(inputs)
+        return fake_quant(inputs, self._get_amax(inputs), self._num_bits, self._narrow_range)

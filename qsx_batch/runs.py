@@ -1,0 +1,92 @@
+"""A run from start to stop: its results file created or reopened, the search run, and every way it can stop
+(done, Ctrl-C/SIGTERM, full disk) ending with the results file closed cleanly and the command to continue."""
+
+from __future__ import annotations
+
+import errno
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+from .executors.base import Executor
+from .interrupts import Interrupted
+from .problems import Problem
+from .search import Search, SearchOptions, run_header
+from .store import ResultsWriter, create_results, open_for_append
+from .workload import Workload, load_workload
+
+
+def open_resumed(path: Path, workload_file: str | None = None) -> tuple[Workload, ResultsWriter]:
+    """Reopen a stopped or killed run for appending (its file is opened once) with its workload: the one stored
+    in the file, or ``workload_file``, which must have the very same text."""
+    writer = open_for_append(path)
+    with closed_on_failure(writer):
+        if workload_file is None:
+            return writer.workload(), writer
+        workload = load_workload(workload_file)
+        if workload.sha256 != writer.attrs.get("workload_sha256"):
+            raise UserError(
+                f"Results file {path} was written for a different workload (its workload text differs from "
+                f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "
+                "start a new run."
+            )
+        return workload, writer
+
+
+def default_output(workload: Workload) -> Path:
+    """``<results>/<name>-<date>-<time>.h5``."""
+    return workload.results_dir() / f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+
+
+def create_run(workload: Workload, problem: Problem, output: Path | None) -> ResultsWriter:
+    """A new results file for the workload's run (``output``, or :func:`default_output`)."""
+    return create_results(output or default_output(workload), run_header(workload, problem))
+
+
+@contextmanager
+def closed_on_failure(writer: ResultsWriter | None) -> Iterator[None]:
+    """Close ``writer`` (when there is one) if the block raises, then re-raise."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+
+
+def ensure_writable(folder: Path) -> None:
+    """Raise a UserError unless files can be created in ``folder`` (created when missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"Results folder {folder} is not writable ({exc.strerror or exc}). Choose another one with "
+                        "--output or the workload's 'results' key; nothing was submitted.") from None
+
+
+def run_search(workload: Workload, problem: Problem, executor: Executor, writer: ResultsWriter,
+               options: SearchOptions, command: str) -> int:
+    """Run the search to its end; on any stop the executor is closed, the results file closed cleanly and the
+    resume command (``qsx-batch COMMAND --resume FILE``) printed. Returns the exit status (130 when stopped)."""
+    resume_hint = f"qsx-batch {command} --resume {writer.path}"
+    try:
+        Search(workload, problem, executor, writer, options).run()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); every finished individual is stored in {writer.path}.\n"
+              f"resume with: {resume_hint}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or "No space" in str(exc):
+            raise UserError(f"The disk holding {writer.path} is full. Individuals finished before are stored; "
+                            f"free space and resume with: {resume_hint}") from None
+        raise
+    finally:
+        executor.close()
+        writer.close()
+    print(f"done: {writer.path}\ninspect with: qsx-batch inspect {writer.path}")
+    return 0
