@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qsx_batch.executors.cluster import pin_outputs
+    from qsx_batch.executors.cluster import for_array_tasks
     from qsx_batch.prepare import build_problem
     from qsx_batch.workload import load_workload
 
     with tempfile.TemporaryDirectory(prefix="qsx-bench-", dir=Path.cwd()) as tmp:  # the nodes must see it
-        workload = pin_outputs(load_workload(None))
+        workload = for_array_tasks(load_workload(None))
         problem = build_problem(workload, torch.device("cpu"))
         rows = [measure(n, args.tasks, Path(tmp), workload, problem) for n in args.sizes]
     columns = ["individuals", "tasks", "wall_s", "to_first_s", "merge_s", "eval_s", "overhead_s", "launcher_cpu_s",

@@ -23,14 +23,19 @@ class BlockStats:
 
     layers: list[str]
     input_shapes: list[str]
-    block_size: int
+    block_shape: tuple[int, int]
     samples: int
     total: np.ndarray
     already: np.ndarray
 
+    @property
+    def block_label(self) -> str:
+        """The tile as width x height."""
+        return f"{self.block_shape[1]}x{self.block_shape[0]}"
+
     def rows(self) -> list[dict]:
         """One record per layer: blocks per sample, zero blocks over all samples and their share."""
-        return [{"layer": name, "input_shape": shape, "block_size": self.block_size,
+        return [{"layer": name, "input_shape": shape, "block_size": self.block_label,
                  "blocks_per_sample": int(total // self.samples), "blocks_total": int(total),
                  "zero_blocks": int(already), "zero_share": float(already / total) if total else 0.0}
                 for name, shape, total, already in zip(self.layers, self.input_shapes, self.total, self.already)]
@@ -57,13 +62,14 @@ def block_stats(workload: Workload, device: torch.device | None = None, block_si
         raise UserError(f"Counting blocks of workload {workload.path} failed: {result.error}")
     layers = evaluator.problem.layers
     return BlockStats([layer.name for layer in layers], ["x".join(map(str, layer.input_shape)) for layer in layers],
-                      twin.spec.exploration.extra_args.block_size, result.samples, result.blocks_total,
+                      twin.spec.exploration.extra_args.block_shape, result.samples, result.blocks_total,
                       result.blocks_already)
 
 
 def stats_text(stats: BlockStats) -> str:
     """An aligned table of the per-layer counts."""
-    lines = [f"blocks of {stats.block_size}x{stats.block_size} (Linear: runs of {stats.block_size ** 2} features) "
+    lines = [f"blocks of {stats.block_label} (width x height; Linear: runs of "
+             f"{stats.block_shape[0] * stats.block_shape[1]} features) "
              f"over {stats.samples} exploration samples, all thresholds 0",
              f"  {'layer':<16}{'input':>14}{'per sample':>12}{'total':>12}{'already zero':>14}{'share':>8}"]
     for r in stats.rows():

@@ -8,7 +8,7 @@ import torch
 
 from .errors import UserError
 from .prepare import profile_model
-from .problems.energy import EnergyAwareQuantProblem, EnergyModel, layer_tensors
+from .problems.energy import EnergyAwareQuantProblem, EnergyModel, energy_model, layer_tensors
 from .result import Status
 from .store import RunData, run_workload
 from .workload import Workload
@@ -17,7 +17,7 @@ from .workload import Workload
 def workload_energy_model(workload: Workload) -> EnergyModel:
     """The workload's energy model (its ``energy`` settings) on the model's target layers; no calibration needed."""
     model, layers = profile_model(workload, torch.device("cpu"))
-    return EnergyModel(layer_tensors(model, layers), workload.spec.exploration.extra_args.energy)
+    return energy_model(workload.spec, layer_tensors(model, layers))
 
 
 def run_energy(run: RunData) -> np.ndarray:

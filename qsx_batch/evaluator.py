@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .data import Samples
+from .metrics import AccuracyFunction, accuracy_function
 from .problems import Problem
 from .racing import RaceContext, stage_sizes
 from .result import IndividualResult, Status
@@ -30,38 +31,42 @@ def _slurm_fields() -> dict:
 @dataclass
 class Evaluator:
     """Scores genomes of one problem on fixed, preloaded sample sets named by dataset (``exploration``,
-    ``baseline``, or a dotted workload key such as ``reevaluation.datasets.reevaluate``)."""
+    ``baseline``, or a dotted workload key such as ``reevaluation.datasets.reevaluate``), with the workload's
+    accuracy function (one or several metrics; the first is the accuracy)."""
 
     problem: Problem
     samples: dict[str, Samples]
     device: torch.device
+    metric: AccuracyFunction = field(default_factory=lambda: accuracy_function("classification_accuracy"))
 
     def __post_init__(self):
         self.host = socket.gethostname()
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.slurm = _slurm_fields()
 
-    def _forward(self, samples: Samples, start: int, stop: int) -> int:
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+    def _forward(self, samples: Samples, start: int, stop: int) -> torch.Tensor:
+        """(metrics, 2) summed correct and count over samples ``start:stop``, kept on the device."""
+        totals = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.inference_mode():
             for inputs, labels in samples.batches(start, stop):
-                correct += (self.problem.model(inputs).argmax(1) == labels).sum()
-        return int(correct)
+                totals = totals + self.metric.pairs(self.problem.model(inputs), labels)
+        return totals
 
-    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[int, int, tuple]:
-        """Forward over the stages; returns (correct, samples used, (reason, low, high) or ())."""
+    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[np.ndarray, int, tuple]:
+        """Forward over the stages; returns ((metrics, 2) totals, samples used, (reason, low, high) or ())."""
         total = len(samples)
         sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]
-        correct = done = 0
+        totals = torch.zeros((), dtype=torch.float64, device=self.device)
+        done = 0
         for n in sizes:
-            correct += self._forward(samples, done, n)
+            totals = totals + self._forward(samples, done, n)
             done = n
             if race is not None and n < total:
                 created = self.problem.read_counts()[2]
-                verdict = race.stop_reason(correct, n, self.problem.cost(params, created, n))
+                verdict = race.stop_reason(int(totals[0, 0]), n, self.problem.cost(params, created, n))
                 if verdict[0]:
-                    return correct, done, verdict
-        return correct, done, ()
+                    return totals.cpu().numpy(), done, verdict
+        return totals.cpu().numpy(), done, ()
 
     def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration",
                  race: RaceContext | None = None) -> IndividualResult:
@@ -78,20 +83,21 @@ class Evaluator:
         try:
             self.problem.configure(genome)
             params = self.problem.fp32_params() if genome is None else self.problem.decode(genome)
-            correct, used, raced = self._race(samples, params, race)
+            totals, used, raced = self._race(samples, params, race)
             total, already, created = self.problem.read_counts()
-            accuracy = correct / used
+            metrics = totals[:, 0] / np.maximum(totals[:, 1], 1)
+            correct, accuracy = int(totals[0, 0]), float(metrics[0])
             cost = self.problem.cost(params, created, used)
             status, error = Status.OK, ""
             if raced:
                 status, error, ci = Status.RACED_OUT, raced[0], raced[1:]
         except Exception as exc:  # one bad individual must not stop a search; the error is recorded
-            params = np.full(len(lo), np.nan)
+            params, metrics = np.full(len(lo), np.nan), np.zeros(0)
             correct, used, accuracy, cost = 0, len(samples), 0.0, self.problem.worst_cost()
             total = already = created = np.zeros(n_layers, dtype=np.int64)
             status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
         return IndividualResult(
-            genome=vector, params=params, accuracy=accuracy, correct=correct, samples=used, cost=cost,
+            genome=vector, params=params, accuracy=accuracy, metrics=metrics, correct=correct, samples=used, cost=cost,
             blocks_total=total, blocks_already=already, blocks_created=created,
             eval_seconds=time.perf_counter() - start, host=self.host, device=str(self.device), status=status,
             error=error, gpu=self.gpu, ci_low=float(ci[0]), ci_high=float(ci[1]), **self.slurm,

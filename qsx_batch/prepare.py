@@ -13,6 +13,7 @@ from .calibration import apply_amax, calibrate, load_calibration, save_calibrati
 from .data import Samples, load_samples
 from .errors import UserError
 from .evaluator import Evaluator
+from .metrics import accuracy_function
 from .models import build_model, load_weights
 from .models.layers import LayerInfo, profile_layers, target_layers
 from .problems import Problem, create_problem
@@ -20,8 +21,16 @@ from .workload import DatasetSpec, Workload
 
 
 def workload_device(workload: Workload, override: str | None = None) -> torch.device:
-    """The device a command runs on: ``override`` (``--device``), else ``exploration.device``; ``auto`` picks the
-    GPU when one is visible."""
+    """The device a command runs on: ``override`` (``--device``), else ``problem.gpu_id`` (the reference tool's
+    GPU index, -1 for the CPU), else ``exploration.device``; ``auto`` picks the GPU when one is visible."""
+    gpu = workload.spec.problem.gpu_id
+    if override is None and gpu is not None:
+        if gpu == -1:
+            return torch.device("cpu")
+        if gpu >= torch.cuda.device_count():
+            raise UserError(f"problem.gpu_id is {gpu}, but this machine has {torch.cuda.device_count()} visible "
+                            "GPU(s); use -1 for the CPU or an index below the GPU count.")
+        return torch.device("cuda", gpu)
     name = override or workload.spec.exploration.device
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("The device is 'cuda' (--device or exploration.device) but no GPU is visible; use 'auto' or "
@@ -52,7 +61,21 @@ def profile_model(workload: Workload, device: torch.device) -> tuple[torch.nn.Mo
     model = load_model(workload, device)
     modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
     probe = load_block(workload, spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1}), "probe")
+    _check_input_shape(workload, tuple(probe.inputs.shape[1:]))
     return model, profile_layers(model, modules, probe.inputs.to(device))
+
+
+def _check_input_shape(workload: Workload, sample: tuple[int, ...]) -> None:
+    """``exploration.energy_evaluation.input_shape`` (N, C, W, H, the reference tool's energy input) must be the
+    shape of the exploration samples, or the DRAM table describes another input."""
+    energy = workload.spec.exploration.energy_evaluation
+    if energy is None or energy.input_shape is None:
+        return
+    _, channels, *sides = energy.input_shape
+    if len(sample) != 3 or sample[0] != channels or sorted(sample[1:]) != sorted(sides):
+        raise UserError(f"Workload {workload.path}: exploration.energy_evaluation.input_shape {energy.input_shape} "
+                        f"does not fit the exploration samples of shape {list(sample)} (C, H, W); the DRAM table "
+                        "would describe another input. Make the two agree.")
 
 
 def calibration_fingerprint(workload: Workload) -> dict:
@@ -131,4 +154,4 @@ def prepare_evaluator(workload: Workload, device: torch.device | None = None,
     problem = build_problem(workload, device)
     samples = {name: load_block(workload, workload.dataset(name), workload.dataset_key(name)).to(device)
                for name in (search_datasets(workload) if datasets is None else datasets)}
-    return Evaluator(problem, samples, device)
+    return Evaluator(problem, samples, device, accuracy_function(workload.spec.model.accuracy_function))

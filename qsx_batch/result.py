@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -43,6 +43,7 @@ class IndividualResult:
     gpu: str = ""
     ci_low: float = float("nan")
     ci_high: float = float("nan")
+    metrics: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every metric's accuracy; [0] is accuracy
 
     @property
     def ok(self) -> bool:

@@ -38,8 +38,17 @@ def open_resumed(path: Path, workload_file: str | None = None) -> tuple[Workload
 
 
 def default_output(workload: Workload) -> Path:
-    """``<results>/<name>-<date>-<time>.h5``."""
-    return workload.results_dir() / f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+    """``problem.results_file`` (relative to the working folder; the reference tool's ``.pkl`` suffix becomes
+    ``.h5``, said on stderr), else ``<results>/<name>-<date>-<time>.h5``."""
+    named = workload.spec.problem.results_file
+    if not named:
+        return workload.results_dir() / f"{workload.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+    path = Path(named).expanduser()
+    if path.suffix == ".pkl":
+        print(f"note: problem.results_file {path}: qsx-batch writes HDF5, not pickles; the results go to "
+              f"{path.with_suffix('.h5')}", file=sys.stderr)
+        path = path.with_suffix(".h5")
+    return path
 
 
 def create_run(workload: Workload, problem: Problem, output: Path | None) -> ResultsWriter:

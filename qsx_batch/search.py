@@ -19,12 +19,15 @@ from pymoo.core.problem import Problem as PymooProblem
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.core.sampling import Sampling
 from pymoo.operators.sampling.rnd import FloatRandomSampling, IntegerRandomSampling
 from pymoo.problems.static import StaticProblem
 from tqdm import tqdm
 
 from .analysis import hypervolume, pareto_mask, usable
+from .errors import UserError
 from .executors.base import EvalRequest, Executor
+from .metrics import check_racing
 from .problems import Problem
 from .racing import RaceContext
 from .result import IndividualResult, Status, genome_key
@@ -33,13 +36,29 @@ from .versions import package_versions
 from .workload import NsgaSpec, Workload
 
 
-def make_algorithm(nsga: NsgaSpec, integer: bool) -> NSGA2:
-    """NSGA-II with SBX crossover and polynomial mutation (rounded for integer genes), duplicates eliminated."""
+class StartingIndividuals(Sampling):
+    """The first generation: the given genomes, then the random sample pymoo would draw without them (the same
+    rows from the same seed), so a run with starting individuals only adds individuals to generation 0."""
+
+    def __init__(self, genomes: np.ndarray, random: Sampling):
+        super().__init__()
+        self.genomes = np.asarray(genomes, dtype=float)
+        self.random = random
+
+    def _do(self, problem, n_samples, random_state=None, **kwargs):
+        drawn = self.random._do(problem, n_samples, random_state=random_state, **kwargs)
+        return np.vstack([self.genomes.astype(drawn.dtype), drawn])
+
+
+def make_algorithm(nsga: NsgaSpec, integer: bool, first: np.ndarray | None = None) -> NSGA2:
+    """NSGA-II with SBX crossover and polynomial mutation (rounded for integer genes), duplicates eliminated;
+    ``first``: genomes put into the first generation besides the random ones."""
     repair = {"repair": RoundingRepair()} if integer else {}
+    sampling = IntegerRandomSampling() if integer else FloatRandomSampling()
     return NSGA2(
         pop_size=nsga.pop_size,
         n_offsprings=nsga.offsprings or nsga.pop_size,
-        sampling=IntegerRandomSampling() if integer else FloatRandomSampling(),
+        sampling=sampling if first is None or not len(first) else StartingIndividuals(first, sampling),
         crossover=SBX(prob=nsga.crossover_prob, eta=nsga.crossover_eta, vtype=float, **repair),
         mutation=PM(prob=nsga.mutation_prob, eta=nsga.mutation_eta, vtype=float, **repair),
         eliminate_duplicates=True,
@@ -49,9 +68,6 @@ def make_algorithm(nsga: NsgaSpec, integer: bool) -> NSGA2:
 def run_header(workload: Workload, problem: Problem) -> RunHeader:
     """The fixed description of a run written into a new results file."""
     lower, upper = problem.bounds
-    max_blocks = 0.0
-    if problem.counts_blocks:
-        max_blocks = float(sum(_tiles_per_sample(layer.input_shape, problem.block_size) for layer in problem.layers))
     return RunHeader(
         workload_name=workload.name, workload_sha256=workload.sha256, workload_yaml=workload.text,
         workload_path=str(workload.path),
@@ -62,15 +78,8 @@ def run_header(workload: Workload, problem: Problem) -> RunHeader:
         layer_macs=[layer.macs for layer in problem.layers],
         layer_input_shapes=["x".join(map(str, layer.input_shape)) for layer in problem.layers],
         pop_size=workload.spec.exploration.nsga.pop_size, versions=package_versions(),
-        worst_cost=problem.worst_cost(), max_blocks_per_sample=max_blocks,
+        worst_cost=problem.worst_cost(), max_blocks_per_sample=problem.blocks_per_sample(),
     )
-
-
-def _tiles_per_sample(shape: tuple[int, ...], block: int) -> int:
-    if len(shape) == 3:
-        c, h, w = shape
-        return c * -(-h // block) * -(-w // block)
-    return -(-int(np.prod(shape)) // (block * block))
 
 
 @dataclass
@@ -101,8 +110,9 @@ class Search:
         self.writer = writer
         self.options = options
         self.cache: dict[tuple, _Scored] = {}
-        self.minimum_accuracy: float | None = None
+        self.bounds: np.ndarray | None = None  # lowest accuracy per metric ([0]: the accuracy objective)
         self.stored_generations = 0
+        check_racing(workload.spec)
         self._load_stored()
 
     # -- state from the results file (resume) ---------------------------------------------------------------
@@ -112,7 +122,7 @@ class Search:
             self.cache[genome_key(genome)] = _Scored(i, tuple(ind["fitness"][i]), float(ind["constraint"][i]),
                                                     int(ind["samples"][i]), float(ind["eval_seconds"][i]))
         self.stored_generations = len(self.writer.read("generations")["evaluated"])
-        self.minimum_accuracy = self.writer.minimum_accuracy()
+        self.stored_minimum = self.writer.minimum_accuracy()
         base = self.writer.read("baseline")
         self.baseline_stored = set(zip(base["label"], base["dataset"]))
 
@@ -127,8 +137,8 @@ class Search:
         datasets = ["exploration"] + (["baseline"] if blocks.baseline is not None else [])
         requests = [EvalRequest(genome, ds, label) for label, genome in self.problem.reference_genomes().items()
                     for ds in datasets]
-        if self.options.skip_baseline:  # the fp32 accuracy is still needed for allowable_accuracy_drop
-            needed = self.workload.spec.exploration.allowable_accuracy_drop is not None
+        if self.options.skip_baseline:  # the fp32 accuracy is still needed for an allowable accuracy drop
+            needed = self._drop() is not None
             requests = [EvalRequest(None, "exploration", "fp32")] if needed else []
         requests = [r for r in requests if (r.label, r.dataset) not in self.baseline_stored]
         if requests:
@@ -139,33 +149,55 @@ class Search:
                                  + (f"  [{result.status}: {result.error}]" if not result.ok else ""))
         self._set_constraint()
 
-    def _set_constraint(self) -> None:
-        if self.minimum_accuracy is not None:
-            return
+    def _drop(self) -> tuple[str, float] | None:
+        """The allowable accuracy drop relative to fp32 (``fraction`` or ``points``), when the workload sets one."""
         spec = self.workload.spec.exploration
+        if spec.allowable_accuracy_drop is not None:
+            return "fraction", spec.allowable_accuracy_drop
+        if spec.allowable_absolute_accuracy_drop is not None:
+            return "points", spec.allowable_absolute_accuracy_drop
+        return None
+
+    def _set_constraint(self) -> None:
+        """The lowest accuracy per metric: fixed (``minimum_accuracy``), or from the fp32 baseline (an allowable
+        drop) when the run started; the first metric's bound is stored in the results file."""
+        spec = self.workload.spec.exploration
+        drop = self._drop()
         if spec.minimum_accuracy is not None:
-            self.minimum_accuracy = spec.minimum_accuracy
-        elif spec.allowable_accuracy_drop is not None:
+            self.bounds = np.atleast_1d(np.asarray(spec.minimum_accuracy, dtype=float))
+        elif self.stored_minimum is not None:
+            self.bounds = np.array([self.stored_minimum])
+        elif drop is not None:
             base = self.writer.read("baseline")
-            match = [a for lab, ds, a in zip(base["label"], base["dataset"], base["accuracy"])
-                     if lab == "fp32" and ds == "exploration"]
-            self.minimum_accuracy = match[0] - spec.allowable_accuracy_drop
-        if self.minimum_accuracy is not None:
-            self.writer.set_minimum_accuracy(self.minimum_accuracy)
-            self.options.log(f"accuracy constraint: >= {self.minimum_accuracy:.4f}")
+            fp32 = [a for lab, ds, a in zip(base["label"], base["dataset"], base["accuracy"])
+                    if lab == "fp32" and ds == "exploration"][0]
+            kind, amount = drop
+            self.bounds = np.array([fp32 * (1.0 - amount) if kind == "fraction" else fp32 - amount])
+        if self.bounds is not None and self.stored_minimum is None:
+            self.writer.set_minimum_accuracy(float(self.bounds[0]))
+            self.stored_minimum = float(self.bounds[0])
+            shown = ", ".join(f"{b:.4f}" for b in self.bounds)
+            self.options.log(f"accuracy constraint: >= {shown}" if len(self.bounds) == 1 else
+                             f"accuracy constraints, one per metric: >= {shown}")
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def _score(self, result: IndividualResult) -> tuple[tuple[float, float], float]:
         """Fitness and constraint; a raced-out individual counts with its accuracy's upper bound, which is
         infeasible or dominated by construction; a failed one gets the worst fitness."""
         if result.status == Status.RACED_OUT:
-            accuracy = result.ci_high
+            metrics = np.array([result.ci_high])
         elif not result.ok:
             return self.problem.fitness(0.0, self.problem.worst_cost()), 1.0
         else:
-            accuracy = result.accuracy
-        constraint = 0.0 if self.minimum_accuracy is None else self.minimum_accuracy - accuracy
-        return self.problem.fitness(accuracy, result.cost), constraint
+            metrics = result.metrics if len(result.metrics) else np.array([result.accuracy])
+        if self.bounds is None:
+            return self.problem.fitness(float(metrics[0]), result.cost), 0.0
+        if len(metrics) < len(self.bounds):
+            raise UserError(f"exploration.minimum_accuracy has {len(self.bounds)} bounds, but the accuracy function "
+                            f"'{self.workload.spec.model.accuracy_function}' returns {len(metrics)} metric(s); give "
+                            "one bound per metric.")
+        constraint = float(np.max(self.bounds - metrics[: len(self.bounds)]))
+        return self.problem.fitness(float(metrics[0]), result.cost), constraint
 
     def race_context(self) -> RaceContext | None:
         """The racing settings and the feasible front of everything stored so far (None: racing off)."""
@@ -177,8 +209,8 @@ class Search:
         if len(ind["accuracy"]):
             mask = pareto_mask(ind["objectives"], self.problem.maximize_cost, usable(ind["constraint"], ind["status"]))
             front = ind["objectives"][mask][:, ::-1]
-        return RaceContext(tuple(racing.stages), racing.confidence, self.minimum_accuracy, front,
-                           self.problem.maximize_cost)
+        return RaceContext(tuple(racing.stages), racing.confidence,
+                           None if self.bounds is None else float(self.bounds[0]), front, self.problem.maximize_cost)
 
     def evaluate_generation(self, genomes: np.ndarray, generation: int) -> list[_Scored]:
         """Scores for every genome: cached ones at once, the rest through the executor (stored on arrival)."""
@@ -217,10 +249,11 @@ class Search:
         self.run_baseline()
         nsga = self.workload.spec.exploration.nsga
         lower, upper = self.problem.bounds
-        constrained = self.minimum_accuracy is not None
+        constrained = self.bounds is not None
         pproblem = PymooProblem(n_var=len(lower), n_obj=2, n_ieq_constr=1 if constrained else 0, xl=lower, xu=upper,
                                 vtype=int if self.problem.integer else float)
-        algorithm = make_algorithm(nsga, self.problem.integer)
+        first = [self.problem.uniform_genome(value) for value in self.workload.spec.exploration.predefined_parameters]
+        algorithm = make_algorithm(nsga, self.problem.integer, np.array(first))
         algorithm.setup(pproblem, termination=("n_gen", nsga.generations), seed=self.workload.spec.seed, verbose=False)
         gen_bar = tqdm(total=nsga.generations, desc="generations", unit="gen", disable=not self.options.progress)
         for generation in range(nsga.generations):

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -58,12 +58,19 @@ class ProblemSpec(_Strict):
     problem_function: str
     layer_types: list[Literal["Conv2d", "Linear"]] = ["Conv2d", "Linear"]
     skip_layers: list[str] = []
+    gpu_id: int | None = Field(None, ge=-1, description="GPU index for explore, -1 = CPU (reference tool); "
+                                                          "ignored by launch, where SLURM assigns GPUs")
+    log_file: str | None = Field(None, description="log file of the run, relative to the results folder")
+    clear_log_file: bool = Field(False, description="start log_file empty instead of appending to it")
+    results_file: str | None = Field(None, description="results file of explore/launch (relative to the working "
+                                                       "folder; a .pkl suffix becomes .h5); --output wins")
 
 
 class ModelSpec(_Strict):
     type: str
     weights: str | None = None
-    accuracy_function: Literal["classification_accuracy"] = "classification_accuracy"
+    accuracy_function: str = Field("classification_accuracy", description="a built-in metric name or "
+                                                                           "module.path:callable")
     extra_args: dict[str, Any] = {}
 
 
@@ -101,8 +108,27 @@ class ExtraArgs(_Strict):
     discrete_threshold_steps: int = Field(16, ge=2)
     discrete_threshold_method: Literal["linear", "log", "continuous"] = "linear"
     threshold_limit: float = Field(1.0, gt=0)
-    block_size: int = Field(8, ge=1)
+    block_size: int | list[int] = Field(8, description="tile width and height: B (a B x B square) or [width, height]")
+    collect_sparsity_details: bool = Field(True, description="accepted from the reference tool; per-layer block "
+                                                             "counts are always recorded")
     energy: EnergySpec = EnergySpec()
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, value: int | list[int]) -> int | list[int]:
+        sides = [value] if isinstance(value, int) else value
+        if len(sides) not in (1, 2) or any(side < 1 for side in sides):
+            raise ValueError("block_size is a positive integer (a square tile) or [width, height] of positive "
+                             "integers")
+        return value
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """(height, width) of a tile: ``block_size`` B is B x B, ``[w, h]`` is h rows of w columns."""
+        if isinstance(self.block_size, int):
+            return self.block_size, self.block_size
+        width, height = (self.block_size * 2)[:2]
+        return height, width
 
     @model_validator(mode="after")
     def _bit_limits(self) -> "ExtraArgs":
@@ -140,20 +166,62 @@ class RacingSpec(_Strict):
         return self
 
 
+class EnergyEvaluationSpec(_Strict):
+    """The reference tool's energy section of ``energy_aware_quant_problem``: its Timeloop DRAM table."""
+
+    dram_analysis_file: str | None = Field(None, description="CSV written by the reference tool's "
+                                                             "energy_analysis.py (per Conv2d layer, in model order)")
+    input_shape: list[int] | None = Field(None, description="N, C, W, H the table was made for; checked against "
+                                                            "the exploration data")
+
+    @field_validator("dram_analysis_file")
+    @classmethod
+    def _relative_to_workload(cls, value: str | None, info: ValidationInfo) -> str | None:
+        folder = (info.context or {}).get("folder")
+        return str(Path(folder) / Path(value).expanduser()) if value and folder else value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _four_sizes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 4 or any(v < 1 for v in value)):
+            raise ValueError("input_shape has four positive sizes: N, C, W, H")
+        return value
+
+
+Accuracy = Annotated[float, Field(ge=0, le=1)]
+
+
 class ExplorationSpec(_Strict):
     nsga: NsgaSpec = NsgaSpec()
     racing: RacingSpec = RacingSpec()
-    minimum_accuracy: float | None = Field(None, ge=0, le=1)
-    allowable_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    minimum_accuracy: Accuracy | list[Accuracy] | None = Field(
+        None, description="lowest accuracy; a list: one bound per metric of the accuracy function")
+    allowable_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="lowest accuracy as a FRACTION of the fp32 baseline: baseline * (1 - drop)")
+    allowable_absolute_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="lowest accuracy as the fp32 baseline minus this many accuracy points")
+    predefined_parameters: list[float] = Field(
+        [], description="initial individuals: each value in every gene (a threshold for sparsity, bits for "
+                        "quantization), put into the first generation")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     datasets: ExplorationDatasets
     extra_args: ExtraArgs = ExtraArgs()
+    energy_evaluation: EnergyEvaluationSpec | None = None
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "ExplorationSpec":
-        if self.minimum_accuracy is not None and self.allowable_accuracy_drop is not None:
-            raise ValueError("set either minimum_accuracy or allowable_accuracy_drop, not both")
+        given = [key for key in ("minimum_accuracy", "allowable_accuracy_drop", "allowable_absolute_accuracy_drop")
+                 if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one accuracy constraint, not {' and '.join(given)}")
         return self
+
+    def bounds_for(self, metric: int = 0) -> float | None:
+        """The fixed lower bound of one metric (None: no fixed bound for it)."""
+        bound = self.minimum_accuracy
+        if isinstance(bound, list):
+            return bound[metric] if metric < len(bound) else None
+        return bound if metric == 0 else None
 
 
 class TrainingDatasets(_Strict):
@@ -173,6 +241,8 @@ class ReevaluationDatasets(_Strict):
 
 
 class ReevaluationSpec(_Strict):
+    bit_weighting_function: str | None = Field(None, description="reference tool: must equal the exploration's "
+                                                                 "cost function (re-evaluations use the run's cost)")
     datasets: ReevaluationDatasets
 
 
@@ -206,6 +276,43 @@ class WorkloadSpec(_Strict):
     retraining: TrainingSpec | None = None
     reevaluation: ReevaluationSpec | None = None
     launch: LaunchSpec = LaunchSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weighting_function_alias(cls, data: Any) -> Any:
+        """``model.extra_args.weighting_function`` (reference tool) names the cost function: it is not passed to
+        the model's constructor, and must agree with ``exploration.extra_args.bit_weighting_function``."""
+        model = data.get("model") if isinstance(data, dict) else None
+        extra = model.get("extra_args") if isinstance(model, dict) else None
+        if not isinstance(extra, dict) or "weighting_function" not in extra:
+            return data
+        alias = extra["weighting_function"]
+        exploration = data.get("exploration") if isinstance(data.get("exploration"), dict) else {}
+        args = exploration.get("extra_args") if isinstance(exploration.get("extra_args"), dict) else {}
+        given = args.get("bit_weighting_function")
+        if given is not None and given != alias:
+            raise ValueError(f"model.extra_args.weighting_function '{alias}' and exploration.extra_args."
+                             f"bit_weighting_function '{given}' name different cost functions; keep one")
+        model = {**model, "extra_args": {k: v for k, v in extra.items() if k != "weighting_function"}}
+        args = {**args, "bit_weighting_function": alias}
+        return {**data, "model": model, "exploration": {**exploration, "extra_args": args}}
+
+    @model_validator(mode="after")
+    def _one_device(self) -> "WorkloadSpec":
+        gpu, device = self.problem.gpu_id, self.exploration.device
+        if gpu is not None and (device == "cpu" and gpu >= 0 or device == "cuda" and gpu == -1):
+            raise ValueError(f"problem.gpu_id {gpu} and exploration.device '{device}' disagree; keep one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _one_cost_function(self) -> "WorkloadSpec":
+        again = self.reevaluation.bit_weighting_function if self.reevaluation else None
+        cost = self.exploration.extra_args.bit_weighting_function
+        if again is not None and again != cost:
+            raise ValueError(f"reevaluation.bit_weighting_function '{again}' differs from the exploration's "
+                             f"bit_weighting_function '{cost}'; qsx-batch scores re-evaluations with the run's own "
+                             "cost function, so remove the key or make the two equal")
+        return self
 
 
 @dataclass(frozen=True)
@@ -248,6 +355,20 @@ class Workload:
                             f"Use one of {', '.join(DATASET_SHORT_NAMES)}, or a dotted key of a dataset block such "
                             "as retraining.datasets.validation.")
         return block
+
+    def dataset_blocks(self) -> dict[str, DatasetSpec]:
+        """Every dataset block of the workload by dotted key, in file order."""
+        def walk(model: BaseModel, prefix: str) -> dict[str, DatasetSpec]:
+            found: dict[str, DatasetSpec] = {}
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, DatasetSpec):
+                    found[prefix + name] = value
+                elif isinstance(value, BaseModel):
+                    found.update(walk(value, f"{prefix}{name}."))
+            return found
+
+        return walk(self.spec, "")
 
     def calibration_file(self, fingerprint: str) -> Path:
         """``calibration.file``, or a file in the results folder named after the calibration fingerprint."""
@@ -300,7 +421,9 @@ def _format_errors(path: Path, error: ValidationError) -> str:
             lines.append(f"missing required key '{where}'.")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"'{where}' = {err.get('input')!r}: {msg}.")
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"  # a section: its keys say enough
+            lines.append(f"'{where}'{shown}: {msg}.")
     return f"Workload {path} is invalid: " + " ".join(lines)
 
 

@@ -101,13 +101,14 @@ def test_inference_quantizer_keeps_the_library_gradient():
 
 
 # -- sparsity ----------------------------------------------------------------------------------------------------
-def reference_sparsify(x: torch.Tensor, block: int, threshold: float) -> tuple[torch.Tensor, int, int, int]:
-    """Plain tiling, one tile at a time: ``block x block`` windows of each sample's channel for a feature map,
-    runs of ``block**2`` features of each flattened sample otherwise; edge tiles are partial. Returns the
-    sparsified input and the numbers of tiles, tiles already zero, and tiles the threshold newly zeroed."""
+def reference_sparsify(x: torch.Tensor, block: tuple[int, int], threshold: float) -> tuple[torch.Tensor, int, int, int]:
+    """Plain tiling, one tile at a time: windows of ``block`` = (rows, columns) of each sample's channel for a
+    feature map, runs of rows x columns features of each flattened sample otherwise; edge tiles are partial.
+    Returns the sparsified input and the numbers of tiles, tiles already zero, and tiles the threshold newly
+    zeroed."""
     out = x.clone()
     grid = out if x.dim() == 4 else out.reshape(x.shape[0], 1, 1, -1)
-    tile_h, tile_w = (block, block) if x.dim() == 4 else (1, block * block)
+    tile_h, tile_w = block if x.dim() == 4 else (1, block[0] * block[1])
     total = already = created = 0
     for n in range(grid.shape[0]):
         for c in range(grid.shape[1]):
@@ -125,15 +126,16 @@ def reference_sparsify(x: torch.Tensor, block: int, threshold: float) -> tuple[t
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 10), (3, 2, 2, 3), (2, 3, 2, 9), (3, 40), (2, 16), (3, 10), (2, 4, 9)])
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.2])
-def test_block_hook_matches_plain_tiling(shape, threshold):
+@pytest.mark.parametrize("block", [(4, 4), (2, 5)])
+def test_block_hook_matches_plain_tiling(shape, threshold, block):
     torch.manual_seed(len(shape) * 100 + shape[-1])
     x = torch.randn(shape)
     x[0].view(-1)[: x[0].numel() // 2] = 0.0  # whole zero tiles in the first sample
-    hook = BlockSparsifier(4, CPU)
+    hook = BlockSparsifier(block, CPU)
     hook.threshold = threshold
     returned = hook(None, (x,))
     out = x if returned is None else returned[0]
-    expected, total, already, created = reference_sparsify(x, 4, threshold)
+    expected, total, already, created = reference_sparsify(x, block, threshold)
     assert out.shape == x.shape and torch.equal(out, expected)
     assert (int(hook.total), int(hook.already)) == (total, already)
     assert int(hook.below) - min(int(hook.below), already) == created
@@ -149,7 +151,7 @@ def test_sparsity_evaluation_matches_plain_tiling(sparsity_workload):
         counts = np.zeros((len(problem.layers), 3), dtype=np.int64)
 
         def pre_hook(module, inputs, index, threshold):
-            out, *numbers = reference_sparsify(inputs[0], problem.block_size, threshold)
+            out, *numbers = reference_sparsify(inputs[0], problem.block_shape, threshold)
             counts[index] += numbers
             return (out,)
 

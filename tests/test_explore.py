@@ -54,7 +54,7 @@ def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_pat
     assert np.all((ind["accuracy"] > 0) & (ind["accuracy"] <= 1))
     assert set(ind["samples"]) == {200}
     fp32 = run.baseline["accuracy"][list(run.baseline["label"]).index("fp32")]
-    assert run.minimum_accuracy == pytest.approx(fp32 - 0.02)
+    assert run.minimum_accuracy == pytest.approx(fp32 * (1 - 0.02))  # allowable_accuracy_drop is a fraction
     assert np.allclose(ind["constraint"], run.minimum_accuracy - ind["accuracy"])
     assert len(run.pareto()) >= 1
 

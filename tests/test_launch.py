@@ -146,13 +146,13 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
 
     from qsx_batch.prepare import build_problem
     from qsx_batch.executors.base import EvalRequest
-    from qsx_batch.executors.cluster import pin_outputs
+    from qsx_batch.executors.cluster import for_array_tasks
     from qsx_batch.executors.jobs import JobFiles
     from qsx_batch.executors.slurm import SlurmExecutor
     from qsx_batch.workload import LaunchSpec
 
     monkeypatch.setenv(FAULT, "raise")  # task 0 of every attempt-1 array raises after its first result
-    workload = pin_outputs(load_workload(write_workload(tmp_path)))
+    workload = for_array_tasks(load_workload(write_workload(tmp_path)))
     problem = build_problem(workload, torch.device("cpu"))
     lower, upper = problem.bounds
     genomes = [lower + np.eye(len(lower))[i % 2] * (i // 2 + 1) for i in range(8)]  # 8 distinct genomes

@@ -92,14 +92,14 @@ def test_block_sparsifier_on_a_handmade_feature_map():
     x[0, 0, 0:4, 0:4] = 0.5      # tile (0,0): magnitude 0.5
     x[0, 0, 0, 4] = 2.0          # tile (0,1): partial 4x2 tile, magnitude 2.0
     x[0, 0, 4:, 0:4] = 0.1       # tile (1,0): magnitude 0.1; tile (1,1) stays zero
-    hook = BlockSparsifier(4, CPU)
+    hook = BlockSparsifier((4, 4), CPU)
     hook.threshold = 1.0
     (out,) = hook(None, (x,))
     assert int(hook.total) == 4 and int(hook.already) == 1
     assert int(hook.below) == 3  # tiles (0,0), (1,0) and the zero tile
     assert torch.count_nonzero(out) == 1 and out[0, 0, 0, 4] == 2.0
     linear = torch.tensor([[0.0] * 16 + [0.2] * 16 + [3.0] + [0.0] * 3])  # 40 features: 3 runs of 16
-    hook = BlockSparsifier(4, CPU)
+    hook = BlockSparsifier((4, 4), CPU)
     hook.threshold = 0.5
     (out,) = hook(None, (linear,))
     assert int(hook.total) == 3 and int(hook.already) == 1 and int(hook.below) == 2

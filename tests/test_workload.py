@@ -106,7 +106,7 @@ def test_unknown_top_level_key(tmp_path):
     ("pop_size: 20", "pop_size: lots", "valid integer"),
     ("num_bits_lower_limit: 2", "num_bits_lower_limit: 9", "greater than num_bits_upper_limit"),
     ("num_bits_lower_limit: 2", "num_bits_lower_limit: 1", "at least 2"),
-    ("minimum_accuracy: 0.9", "minimum_accuracy: 0.9\n    allowable_accuracy_drop: 0.01", "not both"),
+    ("minimum_accuracy: 0.9", "minimum_accuracy: 0.9\n    allowable_accuracy_drop: 0.01", "set one accuracy constraint"),
     ("discrete_threshold_method: log", "discrete_threshold_method: cubic", "linear"),
 ])
 def test_bad_values(tmp_path, old, new, expected):

@@ -47,7 +47,7 @@ def _slurm_executor(job, key: str, args: argparse.Namespace):
     import torch
 
     from ..errors import UserError
-    from ..executors.cluster import checked_settings, pin_outputs, require_slurm_clients
+    from ..executors.cluster import checked_settings, for_array_tasks, require_slurm_clients
     from ..executors.jobs import RunJobs
     from ..executors.slurm import SlurmExecutor
     from ..prepare import build_problem
@@ -56,7 +56,7 @@ def _slurm_executor(job, key: str, args: argparse.Namespace):
         raise UserError("--keep-jobs is for 'launch' only: a stopped 'evaluate' cancels its array tasks, and running "
                         "the same command again evaluates only the individuals not stored yet.")
     require_slurm_clients()
-    workload = pin_outputs(job.workload)
+    workload = for_array_tasks(job.workload)
     jobs = RunJobs(job.run.path)
     settings = checked_settings(workload, jobs.settings(), given_slurm_settings(args))
     problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file

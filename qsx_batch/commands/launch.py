@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..executors.cluster import checked_settings, pin_outputs, require_slurm_clients
+    from ..executors.cluster import checked_settings, for_array_tasks, require_slurm_clients
     from ..executors.jobs import RunJobs
     from ..executors.slurm import SlurmExecutor
     from ..prepare import build_problem
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     workload, writer = open_resumed(resume, args.workload) if resume else (load_workload(args.workload), None)
     with closed_on_failure(writer):
-        workload = pin_outputs(workload)
+        workload = for_array_tasks(workload)
         settings = checked_settings(workload, RunJobs(resume).settings() if resume else {}, given_slurm_settings(args))
         if resume is None:
             ensure_writable(output.parent if output else workload.results_dir())

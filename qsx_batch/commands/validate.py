@@ -9,7 +9,9 @@ from .options import add_workload
 
 NAME = "validate"
 HELP = "check a workload file and print it with defaults filled in"
-DESCRIPTION = None
+DESCRIPTION = ("Check the schema, the model and its weights (a weights file of another architecture is an error "
+               "here), the problem on the model's layers, the accuracy function, and that every dataset block "
+               "opens and is not empty; then print the workload with every default filled in.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,30 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..data import dataset_size
-    from ..errors import UserError
-    from ..models import check_model_type
-    from ..problems import problem_class
-    from ..problems.costs import COST_FUNCTIONS
+    from ..metrics import check_racing
+    from ..prepare import build_problem
     from ..workload import dump_workload, load_workload
 
     workload = load_workload(args.workload)
-    spec = workload.spec
-    problem_class(spec.problem.problem_function)
-    check_model_type(spec.model.type)
-    if spec.model.weights and not workload.input_path(spec.model.weights).is_file():
-        raise UserError(f"Workload {workload.path}: model.weights {workload.input_path(spec.model.weights)} does not exist.")
-    if spec.exploration.extra_args.bit_weighting_function not in COST_FUNCTIONS:
-        raise UserError(f"Unknown exploration.extra_args.bit_weighting_function "
-                        f"'{spec.exploration.extra_args.bit_weighting_function}'. Valid names: {', '.join(COST_FUNCTIONS)}.")
-    dataset_blocks = [("exploration.datasets.exploration", spec.exploration.datasets.exploration),
-                      ("exploration.datasets.baseline", spec.exploration.datasets.baseline)]
-    if spec.calibration:
-        dataset_blocks.append(("calibration.datasets.calibrate", spec.calibration.datasets.calibrate))
-    for key, block in dataset_blocks:
-        if block is not None:
-            root = workload.input_path(block.path) if block.path else None
-            dataset_size(block, root, key)
+    check_racing(workload.spec)  # resolves model.accuracy_function too
+    problem = build_problem(workload, torch.device("cpu"), calibrate=False)  # model, weights, layers, settings
+    for value in workload.spec.exploration.predefined_parameters:
+        problem.uniform_genome(value)
+    for key, block in workload.dataset_blocks().items():
+        dataset_size(block, workload.input_path(block.path) if block.path else None, key)
     print(dump_workload(workload), end="")
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0

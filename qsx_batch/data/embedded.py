@@ -14,8 +14,8 @@ import torch
 from ..errors import UserError
 
 SPLITS: dict[str, tuple[int, int]] = {
-    "train": (0, 3000),
-    "validation": (3000, 3500),
+    "train": (0, 2500),
+    "validation": (2500, 3500),
     "calibrate": (3500, 4000),
     "test": (4000, 5000),
 }

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +65,18 @@ def checked_settings(workload: Workload, stored: dict, given: dict[str, Any]) ->
     return settings
 
 
-def pin_outputs(workload: Workload) -> Workload:
-    """The workload with its output paths made absolute, so tasks find the calibration from any folder."""
+def for_array_tasks(workload: Workload) -> Workload:
+    """The workload as array tasks get it: output paths absolute (tasks find the calibration from any folder) and
+    no ``problem.gpu_id`` (SLURM assigns each task its GPUs; a one-line note says so when it was set)."""
     spec = workload.spec
     update: dict = {"results": str(workload.results_dir().resolve())}
     if spec.calibration is not None and spec.calibration.file:
         update["calibration"] = spec.calibration.model_copy(
             update={"file": str(Path(spec.calibration.file).expanduser().resolve())})
+    if spec.problem.gpu_id is not None:
+        print(f"note: problem.gpu_id {spec.problem.gpu_id} is ignored on SLURM, where each task uses the GPUs "
+              "SLURM gives it", file=sys.stderr)
+        update["problem"] = spec.problem.model_copy(update={"gpu_id": None})
     return dataclasses.replace(workload, spec=spec.model_copy(update=update))
 
 

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 from torch import nn
 
+from ..errors import UserError
 from ..models.layers import LayerInfo
 from ..workload import WorkloadSpec
 
@@ -24,7 +25,6 @@ class Problem(ABC):
     cost_name: str = "cost"
     cost_unit: str = ""
     maximize_cost: bool = False
-    counts_blocks: bool = False
     needs_calibration: bool = False
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
@@ -74,6 +74,17 @@ class Problem(ABC):
         """Per layer: blocks seen, already zero, and newly zeroed in the last evaluation (none by default)."""
         zeros = np.zeros(len(self.layers), dtype=np.int64)
         return zeros, zeros, zeros
+
+    def blocks_per_sample(self) -> float:
+        """Tiles per sample over all target layers, when the problem counts blocks (0 otherwise)."""
+        return 0.0
+
+    def uniform_genome(self, value: float) -> np.ndarray:
+        """The genome with ``value`` (a parameter: bits or a threshold) in every gene, for
+        ``exploration.predefined_parameters``."""
+        raise UserError(f"exploration.predefined_parameters is not available for {self.name} (only for "
+                        "sparsity and quantization problems, where a value is one threshold or bit width for "
+                        "every gene).")
 
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
         """Named settings evaluated as the baseline before the search."""

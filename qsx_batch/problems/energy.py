@@ -7,7 +7,8 @@ picojoules (settings under ``exploration.extra_args.energy``; defaults: 32-bit a
 DRAM read of Horowitz, ISSCC 2014; outputs written back with 8 bits).
 
 The counts come from a CSV table (``energy.table``: rows matched to layers by NAME) made with an accelerator
-model such as Timeloop, or from the built-in analytic model with an on-chip buffer of ``buffer_bytes``: when a
+model such as Timeloop, from the reference tool's Timeloop table (``energy_evaluation.dram_analysis_file``,
+converted into the equivalent counts, see :func:`read_timeloop_table`), or from the built-in analytic model with an on-chip buffer of ``buffer_bytes``: when a
 layer's weights, input and output fit into the buffer together, every element moves once; otherwise the weights
 are split into ``passes = ceil(weight_bits_total / (buffer_bits / 2))`` chunks, the input is streamed in once per
 chunk (``input_reads = inputs * passes``), and weights and outputs still move once.
@@ -106,18 +107,71 @@ def read_transfer_table(path: Path, layer_names: list[str]) -> np.ndarray:
     return np.stack([by_name[n] for n in layer_names])
 
 
-class EnergyModel:
-    """DRAM energy per layer of one network, from a transfer table or the analytic model."""
+TIMELOOP_COLUMNS = tuple(f"{t}_{k}" for t in "wio" for k in ("reads", "updates", "fills", "energy")) + ("bitwidth",)
 
-    def __init__(self, tensors: list[LayerTensors], spec: EnergySpec):
+
+def read_timeloop_table(path: Path, tensors: list[LayerTensors], spec: EnergySpec) -> np.ndarray:
+    """(layers, 3) transfers equivalent to a DRAM table of the reference tool's ``energy_analysis.py``.
+
+    Its rows are the Conv2d layers in model order with Timeloop's DRAM reads, updates and fills and energy per
+    access of weights (w), inputs (i) and outputs (o) at ``bitwidth`` bits. The reference tool scaled each
+    tensor's energy at 16 bits linearly with the bit width: weights with the layer's weight bits, its inputs and
+    the previous layer's outputs with its input bits, and the last layer's outputs stayed at 16 bits. The counts
+    returned here give exactly that energy in this model (weights, inputs plus previous outputs, and the last
+    layer's outputs at ``output_bits``).
+    """
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header, records = reader.fieldnames or [], list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"DRAM table {path} (exploration.energy_evaluation.dram_analysis_file) cannot be read: "
+                        f"{exc}.") from None
+    missing = [c for c in TIMELOOP_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"DRAM table {path} lacks the columns {missing} of the reference tool's energy_analysis.py "
+                        f"table ({', '.join(TIMELOOP_COLUMNS)}).")
+    not_conv = [t.name for t in tensors if t.kind != "Conv2d"]
+    if not_conv or len(records) != len(tensors):
+        raise UserError(f"DRAM table {path} has {len(records)} rows, one per Conv2d layer in model order as the "
+                        f"reference tool quantized them, but the target layers are {len(tensors)} "
+                        f"({len(not_conv)} of them not Conv2d: {not_conv[:3]}). Set problem.layer_types: [Conv2d] "
+                        "(and skip_layers) to match the table.")
+    pj_per_bit = spec.pj_per_access / spec.access_bits
+    energy16 = np.zeros((len(records), 3))  # pJ of weights, inputs, outputs at 16 bits
+    for row, record in enumerate(records):
+        numbers = {c: _number(record[c], path, row + 2, c) for c in TIMELOOP_COLUMNS}
+        for k, t in enumerate("wio"):
+            moved = numbers[f"{t}_reads"] + numbers[f"{t}_updates"] + numbers[f"{t}_fills"]
+            energy16[row, k] = moved * numbers[f"{t}_energy"] * 16 / max(numbers["bitwidth"], 1.0)
+    transfers = np.zeros((len(records), 3))
+    transfers[:, 0] = energy16[:, 0] / 16 / pj_per_bit
+    transfers[:, 1] = (energy16[:, 1] + np.concatenate([[0.0], energy16[:-1, 2]])) / 16 / pj_per_bit
+    transfers[-1, 2] = energy16[-1, 2] / spec.output_bits / pj_per_bit
+    return transfers
+
+
+class EnergyModel:
+    """DRAM energy per layer of one network, from a transfer table (``energy.table`` or the reference tool's
+    ``dram_analysis_file``) or the analytic model."""
+
+    def __init__(self, tensors: list[LayerTensors], spec: EnergySpec, timeloop_table: str | None = None):
         self.tensors = tensors
         self.spec = spec
-        names = [t.name for t in tensors]
-        self.table = read_transfer_table(Path(spec.table), names) if spec.table else None
+        if spec.table and timeloop_table:
+            raise UserError("Set either exploration.extra_args.energy.table or exploration.energy_evaluation."
+                            "dram_analysis_file, not both: they are two tables of the same DRAM transfers.")
+        self.source_file = spec.table or timeloop_table
+        if spec.table:
+            self.table = read_transfer_table(Path(spec.table), [t.name for t in tensors])
+        elif timeloop_table:
+            self.table = read_timeloop_table(Path(timeloop_table), tensors, spec)
+        else:
+            self.table = None
 
     @property
     def source(self) -> str:
-        return f"table {self.spec.table}" if self.table is not None else \
+        return f"table {self.source_file}" if self.table is not None else \
             f"analytic model, buffer {self.spec.buffer_bytes} bytes"
 
     def transfers(self, input_bits: np.ndarray, weight_bits: np.ndarray) -> np.ndarray:
@@ -147,13 +201,19 @@ class EnergyModel:
                 for t, a, w, m, e in zip(self.tensors, input_bits, weight_bits, moved, energy)]
 
 
+def energy_model(spec: WorkloadSpec, tensors: list[LayerTensors]) -> EnergyModel:
+    """The energy model a workload asks for (its ``energy`` settings and, if any, its ``energy_evaluation``)."""
+    timeloop = spec.exploration.energy_evaluation.dram_analysis_file if spec.exploration.energy_evaluation else None
+    return EnergyModel(tensors, spec.exploration.extra_args.energy, timeloop)
+
+
 class EnergyAwareQuantProblem(QuantizationProblem):
     """Per-quantizer bit widths (as the quantization problem) with DRAM energy per inference as the cost."""
 
     name = "energy_aware_quant_problem"
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
-        self.energy = EnergyModel(layer_tensors(model, layers), spec.exploration.extra_args.energy)
+        self.energy = energy_model(spec, layer_tensors(model, layers))
         super().__init__(model, layers, spec)
         self.cost_name, self.cost_unit = "dram_energy", "uJ per inference"
 

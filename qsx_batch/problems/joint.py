@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.layers import LayerInfo
 from ..workload import WorkloadSpec
+from .base import Problem
 from .quantization import QuantizationProblem
 from .sparsity import SparsityProblem
 
@@ -24,7 +25,6 @@ class JointProblem(QuantizationProblem):
     name = "joint_problem"
     cost_name = "effective_bitops"
     cost_unit = "effective BitOps per sample"
-    counts_blocks = True
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         extra = spec.exploration.extra_args
@@ -34,7 +34,6 @@ class JointProblem(QuantizationProblem):
         super().__init__(model, layers, spec)
         self.cost_name, self.cost_unit = JointProblem.cost_name, JointProblem.cost_unit
         self.sparsity = SparsityProblem(model, layers, spec)
-        self.block_size = extra.block_size
         self.n_bits = len(self.quantizers)
         zeros = np.zeros(len(layers), dtype=np.int64)
         self._counts = (zeros, zeros, zeros)  # tile counts of the last evaluation, read by cost()
@@ -55,6 +54,9 @@ class JointProblem(QuantizationProblem):
     def fp32_params(self) -> np.ndarray:
         return np.concatenate([super().fp32_params(), self.sparsity.fp32_params()])
 
+    def uniform_genome(self, value: float) -> np.ndarray:
+        return Problem.uniform_genome(self, value)  # one value cannot be a bit width and a threshold at once
+
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
         upper = np.concatenate([np.full(self.n_bits, float(self.upper)), np.zeros(len(self.layers))])
         return {"fp32": None, f"all_{self.upper}_bit": upper}
@@ -62,6 +64,9 @@ class JointProblem(QuantizationProblem):
     def configure(self, genome: np.ndarray | None) -> None:
         super().configure(None if genome is None else np.asarray(genome)[: self.n_bits])
         self.sparsity.configure(None if genome is None else np.asarray(genome)[self.n_bits:])
+
+    def blocks_per_sample(self) -> float:
+        return self.sparsity.blocks_per_sample()
 
     def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._counts = self.sparsity.read_counts()

@@ -1,8 +1,8 @@
 """Per-layer thresholds that zero small blocks of each target layer's input feature map.
 
-Tiling: the input of a Conv2d (N, C, H, W) is cut per sample and channel into ``block_size x block_size``
-spatial tiles of the feature map (edge tiles are partial); the input of a Linear layer (N, F) into runs of
-``block_size**2`` consecutive features. A tile's magnitude is its largest absolute value: a tile whose magnitude
+Tiling: the input of a Conv2d (N, C, H, W) is cut per sample and channel into spatial tiles of ``bh`` rows and
+``bw`` columns of the feature map (``block_size: B`` is B x B, ``block_size: [w, h]`` is h rows of w columns; edge
+tiles are partial); the input of a Linear layer (N, F) into runs of ``bh * bw`` consecutive features. A tile's magnitude is its largest absolute value: a tile whose magnitude
 is below the layer's threshold is set to zero. Per layer we count tiles already zero before thresholding and
 tiles the threshold newly zeroed ("created"). All of it is batched tensor code with counters kept on the device:
 the input is viewed tile by tile (zero-padded to whole tiles) and reduced with ``amax``, and the per-tile mask is
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..models.layers import LayerInfo
 from ..workload import ExtraArgs, WorkloadSpec
 from .base import Problem
@@ -35,11 +36,21 @@ def threshold_values(extra: ExtraArgs) -> np.ndarray | None:
     return None
 
 
+def tiles_per_sample(shape: tuple[int, ...], block: tuple[int, int]) -> int:
+    """Tiles of one sample's layer input of ``shape`` (C, H, W or any other) for a (height, width) tile."""
+    bh, bw = block
+    if len(shape) == 3:
+        c, h, w = shape
+        return c * -(-h // min(bh, h)) * -(-w // min(bw, w))
+    features = int(np.prod(shape))
+    return -(-features // min(bh * bw, features))
+
+
 class BlockSparsifier:
     """A forward pre-hook that zeroes sub-threshold tiles of a layer's input and counts tiles."""
 
-    def __init__(self, block_size: int, device: torch.device):
-        self.block = block_size
+    def __init__(self, block: tuple[int, int], device: torch.device):
+        self.block = block
         self.threshold = 0.0
         self.total = torch.zeros((), dtype=torch.long, device=device)
         self.already = torch.zeros((), dtype=torch.long, device=device)
@@ -50,17 +61,17 @@ class BlockSparsifier:
             counter.zero_()
 
     def tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` zero-padded to whole tiles and viewed tile by tile: (N, C, H/b, b, W/b, b) for a feature map,
-        (N, F/b^2, b^2) for any other input (flattened per sample). A side shorter than a tile is one tile."""
+        """``x`` zero-padded to whole tiles and viewed tile by tile: (N, C, H/bh, bh, W/bw, bw) for a feature map,
+        (N, F/(bh*bw), bh*bw) for any other input (flattened per sample). A side shorter than a tile is one tile."""
         if x.dim() == 4:
-            bh, bw = min(self.block, x.shape[2]), min(self.block, x.shape[3])
+            bh, bw = min(self.block[0], x.shape[2]), min(self.block[1], x.shape[3])
             pad_h, pad_w = -x.shape[2] % bh, -x.shape[3] % bw
             if pad_h or pad_w:
                 x = F.pad(x, (0, pad_w, 0, pad_h))
             n, c, h, w = x.shape
             return x.reshape(n, c, h // bh, bh, w // bw, bw)
         flat = x.reshape(x.shape[0], -1)
-        run = min(self.block * self.block, flat.shape[1])
+        run = min(self.block[0] * self.block[1], flat.shape[1])
         pad = -flat.shape[1] % run
         if pad:
             flat = F.pad(flat, (0, pad))
@@ -107,7 +118,6 @@ class SparsityProblem(Problem):
     cost_name = "zero_blocks_per_sample"
     cost_unit = "created zero blocks per sample"
     maximize_cost = True
-    counts_blocks = True
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         super().__init__(model, layers, spec)
@@ -115,8 +125,8 @@ class SparsityProblem(Problem):
         device = next(model.parameters()).device
         self.steps = threshold_values(extra)
         self.limit = extra.threshold_limit
-        self.block_size = extra.block_size
-        self.hooks = [BlockSparsifier(extra.block_size, device) for _ in layers]
+        self.block_shape = extra.block_shape
+        self.hooks = [BlockSparsifier(self.block_shape, device) for _ in layers]
         self.handles = [
             model.get_submodule(layer.name).register_forward_pre_hook(hook) for layer, hook in zip(layers, self.hooks)
         ]
@@ -141,11 +151,22 @@ class SparsityProblem(Problem):
             return np.clip(genome, 0.0, self.limit)
         return self.steps[np.clip(np.rint(genome).astype(int), 0, len(self.steps) - 1)]
 
+    def uniform_genome(self, value: float) -> np.ndarray:
+        """Every layer at threshold ``value``; with discrete steps, the lowest step at or above it."""
+        if not 0.0 <= value <= self.limit:
+            raise UserError(f"exploration.predefined_parameters value {value:g} is not a threshold from 0 to "
+                            f"threshold_limit {self.limit:g}.")
+        gene = value if self.steps is None else min(int(np.searchsorted(self.steps, value)), len(self.steps) - 1)
+        return np.full(len(self.layers), float(gene))
+
     def configure(self, genome: np.ndarray | None) -> None:
         thresholds = np.zeros(len(self.hooks)) if genome is None else self.decode(genome)
         for hook, t in zip(self.hooks, thresholds):
             hook.threshold = float(t)
             hook.reset()
+
+    def blocks_per_sample(self) -> float:
+        return float(sum(tiles_per_sample(layer.input_shape, self.block_shape) for layer in self.layers))
 
     def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per layer: tiles seen, tiles already zero, tiles newly zeroed since the last ``configure``."""
