@@ -55,14 +55,20 @@ def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
     return model.eval().to(device)
 
 
+def probe_input(workload: Workload) -> torch.Tensor:
+    """One exploration sample as a batch of one (the model's input shape)."""
+    block = workload.spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1})
+    return load_block(workload, block, "exploration.datasets.exploration").inputs[:1]
+
+
 def profile_model(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, list[LayerInfo]]:
     """The network and its target layers, profiled with one exploration sample (input shapes, MACs)."""
     spec = workload.spec
     model = load_model(workload, device)
     modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
-    probe = load_block(workload, spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1}), "probe")
-    _check_input_shape(workload, tuple(probe.inputs.shape[1:]))
-    return model, profile_layers(model, modules, probe.inputs.to(device))
+    probe = probe_input(workload)
+    _check_input_shape(workload, tuple(probe.shape[1:]))
+    return model, profile_layers(model, modules, probe.to(device))
 
 
 def _check_input_shape(workload: Workload, sample: tuple[int, ...]) -> None:

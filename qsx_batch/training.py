@@ -12,6 +12,7 @@ from torch import nn
 from .data import Samples
 from .errors import UserError
 from .models import build_model, save_weights
+from .models.quantized import split_quantizer_state
 from .prepare import load_block, workload_device
 from .problems import Problem
 from .workload import TrainingSpec, Workload
@@ -80,11 +81,11 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
 
 def save_finetuned(problem: Problem, path: Path, row: int) -> None:
     """Save fine-tuned fp32 weights (loadable as ``model.weights``) with the quantizer amax and the gene names."""
-    state = problem.model.state_dict()
+    weights, quantizers = split_quantizer_state(problem.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({
-        "state_dict": {k: v.cpu() for k, v in state.items() if "_quantizer." not in k},
-        "quantizers": {k: v.cpu() for k, v in state.items() if "_quantizer." in k},
+        "state_dict": weights,
+        "quantizers": quantizers,
         "individual": int(row),
         "gene_names": list(problem.gene_names),
     }, path)

@@ -64,6 +64,14 @@ def quantizers_of(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Mo
     return pairs
 
 
+def split_quantizer_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model's state on the CPU in two parts: everything a plain (unquantized) model of its type loads, and
+    the TensorQuantizers' buffers (amax)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return ({k: v for k, v in state.items() if "_quantizer." not in k},
+            {k: v for k, v in state.items() if "_quantizer." in k})
+
+
 def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
     """pytorch-quantization's signed fake quantization bit for bit, ``clamp(round(x * s), -b, b) / s`` with
     ``b = 2**(num_bits-1) - 1`` and ``s = b / amax`` (0 where amax <= 2**-24, and 1 for the division there),

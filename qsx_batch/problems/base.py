@@ -75,6 +75,11 @@ class Problem(ABC):
         zeros = np.zeros(len(self.layers), dtype=np.int64)
         return zeros, zeros, zeros
 
+    def settings(self, genome: np.ndarray) -> dict:
+        """What a genome sets, as plain data for a deployment recipe: ``quantizers`` (name, layer, role, bits,
+        axis, amax) and/or ``sparsity`` (layer, threshold, block width and height)."""
+        return {}
+
     def blocks_per_sample(self) -> float:
         """Tiles per sample over all target layers, when the problem counts blocks (0 otherwise)."""
         return 0.0

@@ -61,6 +61,10 @@ class JointProblem(QuantizationProblem):
         upper = np.concatenate([np.full(self.n_bits, float(self.upper)), np.zeros(len(self.layers))])
         return {"fp32": None, f"all_{self.upper}_bit": upper}
 
+    def settings(self, genome: np.ndarray) -> dict:
+        genome = np.asarray(genome, dtype=float)
+        return {**super().settings(genome[: self.n_bits]), **self.sparsity.settings(genome[self.n_bits:])}
+
     def configure(self, genome: np.ndarray | None) -> None:
         super().configure(None if genome is None else np.asarray(genome)[: self.n_bits])
         self.sparsity.configure(None if genome is None else np.asarray(genome)[self.n_bits:])

@@ -95,3 +95,15 @@ class QuantizationProblem(Problem):
     def cost(self, params: np.ndarray, blocks_created: np.ndarray, samples: int) -> float:
         bits = np.asarray(params)
         return self.cost_function(bits[0::2], bits[1::2], self.layers)
+
+    def settings(self, genome: np.ndarray) -> dict:
+        """Per quantizer: its layer, role (input, weight), bit width, axis (per channel) and calibrated amax."""
+        bits = np.rint(np.asarray(genome, dtype=float)[: len(self.quantizers)]).astype(int)
+        out = []
+        for (name, q), b in zip(self.quantizers, bits):
+            layer, _, role = name.rpartition(".")
+            amax = q._amax.detach().cpu()
+            out.append({"name": name, "layer": layer, "role": role, "bits": int(b),
+                        "axis": None if amax.numel() == 1 else 0,
+                        "amax": float(amax) if amax.numel() == 1 else amax.flatten().tolist()})
+        return {"quantizers": out}

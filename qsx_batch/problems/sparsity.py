@@ -159,6 +159,12 @@ class SparsityProblem(Problem):
         gene = value if self.steps is None else min(int(np.searchsorted(self.steps, value)), len(self.steps) - 1)
         return np.full(len(self.layers), float(gene))
 
+    def settings(self, genome: np.ndarray) -> dict:
+        """Per layer: the input threshold and the tile (width, height)."""
+        height, width = self.block_shape
+        return {"sparsity": [{"layer": name, "threshold": float(t), "block_width": width, "block_height": height}
+                             for name, t in zip(self.layer_names, self.decode(genome))]}
+
     def configure(self, genome: np.ndarray | None) -> None:
         thresholds = np.zeros(len(self.hooks)) if genome is None else self.decode(genome)
         for hook, t in zip(self.hooks, thresholds):

@@ -1,0 +1,39 @@
+"""``qsx-batch export``: deployment files of chosen individuals (recipe JSON, PyTorch model, ONNX where possible)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_followup
+
+NAME = "export"
+HELP = "write a recipe, a fake-quantized PyTorch model and (8-bit) ONNX of chosen individuals"
+DESCRIPTION = ("For each chosen individual: individual-<row>.recipe.json (per quantizer layer, role, bits, amax; per "
+               "layer threshold and tile; workload hash and versions), individual-<row>.pt (load it with "
+               "qsx_batch.export.load_exported), and individual-<row>.onnx when ONNX can express it (all "
+               "quantizers at 8 bits, no sparsity).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_followup(p)
+    p.add_argument("--out", metavar="DIR", help="folder for the files (default: <results stem>-export)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..export import export_individual
+    from ..prepare import build_problem, probe_input
+    from .followup import load_followup
+
+    job = load_followup(args)
+    out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-export")
+    sample = probe_input(job.workload)
+    for row in job.rows:
+        problem = build_problem(job.workload, torch.device("cpu"))  # fresh: each export configures its own model
+        job.check_problem(problem)
+        files, refusal = export_individual(job.run, int(row), job.workload, problem, sample, out)
+        print(f"#{row:<5} " + "  ".join(str(f) for f in files) + (f"  (no ONNX: {refusal})" if refusal else ""))
+    print(f"load a model with: qsx_batch.export.load_exported('{out}/individual-<row>.pt')")
+    return 0

@@ -1,0 +1,120 @@
+"""What a deployment flow needs of one stored individual (``qsx-batch export``).
+
+For each individual, three files named ``individual-<row>``:
+
+- ``.recipe.json``: per quantizer its layer, role, bit width, axis and calibrated amax (per channel or tensor),
+  per layer its sparsity threshold and tile; the individual's stored scores; the workload hash and versions.
+- ``.pt``: the fake-quantized model as fp32 weights, quantizer amax, the genome and the workload it belongs to;
+  :func:`load_exported` rebuilds it in PyTorch with the individual's settings, scoring as the search scored it.
+- ``.onnx``: only where ONNX can express the individual (every quantizer at 8 bits: opset 13, one
+  QuantizeLinear/DequantizeLinear pair per quantizer; no sparsity threshold above 0). Other individuals get a
+  message saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .calibration import apply_amax
+from .models import build_model
+from .models.layers import LayerInfo
+from .models.quantized import quant_nn, split_quantizer_state
+from .problems import Problem, create_problem
+from .store import RunData
+from .versions import package_versions
+from .workload import Workload, parse_workload
+
+FORMAT = "qsx-batch-export/1"
+ONNX_OPSET = 13
+
+
+def recipe(run: RunData, row: int, workload: Workload, problem: Problem, input_shape: tuple[int, ...]) -> dict:
+    """The deployment recipe of individual ``row``: its settings, stored scores, and where it comes from."""
+    ind = run.individuals
+    genome = np.asarray(ind["genome"][row], dtype=float)
+    return {
+        "format": FORMAT, "individual": int(row), "generation": int(ind["generation"][row]),
+        "results_file": str(run.path), "problem": problem.name, "gene_names": list(problem.gene_names),
+        "genome": genome.tolist(), "params": np.asarray(ind["params"][row], dtype=float).tolist(),
+        "accuracy": float(ind["accuracy"][row]), "samples": int(ind["samples"][row]),
+        "cost": float(ind["cost"][row]), "cost_name": problem.cost_name, "cost_unit": problem.cost_unit,
+        "input_shape": list(input_shape),
+        "workload": {"name": workload.name, "sha256": workload.sha256, "path": str(workload.path)},
+        "versions": package_versions(),
+        **problem.settings(genome),
+    }
+
+
+def onnx_refusal(settings: dict) -> str:
+    """Why ONNX cannot express these settings ('' when it can)."""
+    if any(layer["threshold"] > 0 for layer in settings.get("sparsity", [])):
+        return "ONNX has no operator that zeroes the tiles of a layer input below a threshold"
+    widths = sorted({q["bits"] for q in settings.get("quantizers", [])})
+    if widths and widths != [8]:
+        return (f"its bit widths {widths} are not all 8: ONNX QuantizeLinear/DequantizeLinear hold 8-bit integers "
+                "(int4 needs opset 21, which torch's ONNX exporter does not write)")
+    return ""
+
+
+def write_onnx(problem: Problem, sample: torch.Tensor, path: Path) -> None:
+    """Export the configured model with a QuantizeLinear/DequantizeLinear pair per enabled quantizer."""
+    model = problem.model.cpu().eval()
+    previous = quant_nn.TensorQuantizer.use_fb_fake_quant
+    quant_nn.TensorQuantizer.use_fb_fake_quant = True  # torch's fake-quantize ops, which export as Q/DQ
+    try:
+        with warnings.catch_warnings():  # the tracer notes that amax becomes a constant: intended here
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(model, (sample.cpu(),), str(path), opset_version=ONNX_OPSET, dynamo=False,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    finally:
+        quant_nn.TensorQuantizer.use_fb_fake_quant = previous
+
+
+def export_individual(run: RunData, row: int, workload: Workload, problem: Problem, sample: torch.Tensor,
+                      out: Path) -> tuple[list[Path], str]:
+    """Write the recipe, the PyTorch bundle and (where possible) the ONNX model of individual ``row``, using a
+    freshly built, calibrated, not yet configured ``problem``; returns the files and why ONNX was left out."""
+    genome = np.asarray(run.individuals["genome"][row], dtype=float)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"individual-{row}"
+    weights, _ = split_quantizer_state(problem.model)
+    amax = {name: q._amax.detach().cpu() for name, q in problem.quantizers} if problem.needs_calibration else {}
+    settings = recipe(run, row, workload, problem, tuple(sample.shape[1:]))
+    Path(f"{stem}.recipe.json").write_text(json.dumps(settings, indent=1))
+    torch.save({"format": FORMAT, "recipe_json": json.dumps(settings), "workload_yaml": workload.text,
+                "workload_path": str(workload.path), "layers": [asdict(layer) for layer in problem.layers],
+                "genome": torch.as_tensor(genome), "state_dict": weights, "amax": amax}, f"{stem}.pt")
+    files = [Path(f"{stem}.recipe.json"), Path(f"{stem}.pt")]
+    refusal = onnx_refusal(settings)
+    if not refusal:
+        problem.configure_trainable(genome)
+        write_onnx(problem, sample, Path(f"{stem}.onnx"))
+        files.append(Path(f"{stem}.onnx"))
+    return files, refusal
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of an exported individual (``individual-<row>.pt``), rebuilt with its settings: fp32 weights
+    fake-quantized on every forward pass by its quantizers, and its sparsity thresholds; scores as the search
+    scored it. The model's type must be importable here (built-in, torchvision, or the workload's callable)."""
+    device = torch.device(device)
+    bundle = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a model exported by 'qsx-batch export' ({FORMAT})")
+    workload = parse_workload(bundle["workload_yaml"], Path(bundle["workload_path"]))
+    spec = workload.spec
+    model = build_model(spec.model.type, spec.model.extra_args)
+    model.load_state_dict(bundle["state_dict"])
+    layers = [LayerInfo(**{**layer, "input_shape": tuple(layer["input_shape"])}) for layer in bundle["layers"]]
+    problem = create_problem(spec, model.eval().to(device), layers)
+    if problem.needs_calibration:
+        apply_amax(problem.quantizers, bundle["amax"], Path(path), device)
+    problem.configure_trainable(bundle["genome"].numpy())
+    return problem.model.eval()
