@@ -28,7 +28,7 @@ def open_resumed(path: Path, workload_file: str | None = None) -> tuple[Workload
         if workload_file is None:
             return writer.workload(), writer
         workload = load_workload(workload_file)
-        if workload.sha256 != writer.attrs.get("workload_sha256"):
+        if workload.sha256 != writer.header.workload_sha256:
             raise UserError(
                 f"Results file {path} was written for a different workload (its workload text differs from "
                 f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "

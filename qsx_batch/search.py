@@ -209,7 +209,7 @@ class Search:
         seconds = float(np.sum(ind["eval_seconds"]))
         samples = int(np.sum(ind["samples"]))
         hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
-                         ind["status"][population_rows], self.writer.attrs)
+                         ind["status"][population_rows], self.writer.header)
         self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
 
     # -- the loop ---------------------------------------------------------------------------------------------
