@@ -1,7 +1,8 @@
 """A run's results file, written by the project's own h5py, read completely by other HDF5 readers, each in its own
 process (each bundles its own HDF5 library; a crash fails one test): Debian's h5dump, an older h5py, PyTables and
 xarray with h5netcdf. Also: the Python API (qsx_batch.results), valid JSON/CSV exports of a failed individual, a
-live reader while rows are appended, and a version-1 file (tests/data) that still opens, takes appends and resumes.
+live reader while rows are appended, a version-1 file (tests/data) that still opens, takes appends and resumes,
+and docs/results-format.md naming every column.
 
 h5dump and the older h5py come from tests/install-readers.sh (tests/run.sh runs it); a missing reader skips here
 and FAILS when CI=true.
@@ -30,6 +31,7 @@ from qsx_batch.cli import main
 from qsx_batch.errors import UserError
 from qsx_batch.result import IndividualResult, Status
 from qsx_batch.store import open_for_append
+from qsx_batch.store.format import TABLE_COLUMNS
 
 from conftest import WEIGHTS, missing, tiny_workload_dict, write_workload
 
@@ -322,3 +324,11 @@ def test_version_1_file_takes_follow_ups_and_resumes(tmp_path, monkeypatch):
     again = after.table("reevaluations")
     assert list(again["individual"]) == [3] and list(again["dataset"]) == ["exploration.datasets.exploration"]
     assert again["accuracy"][0] == pytest.approx(before.individuals["accuracy"][3], abs=0.05)  # another machine
+
+
+def test_every_column_is_documented():
+    text = (Path(__file__).parents[1] / "docs" / "results-format.md").read_text()
+    for table, columns in TABLE_COLUMNS.items():
+        assert f"`/{table}" in text, table
+        for column in columns:
+            assert f"`{column}`" in text, (table, column)
