@@ -265,15 +265,18 @@ def test_one_reader_handle_sees_rows_and_text_as_they_are_committed(run_file, tm
         reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
             import json, sys, time
             from qsx_batch.store import open_for_reading, read_table
-            target, seen = int(sys.argv[2]), {}
+            target, seen, counts = int(sys.argv[2]), {}, set()
             with open_for_reading(sys.argv[1]) as f:  # one handle for the whole run
+                print("ready", flush=True)
                 deadline = time.time() + 120
                 while len(seen) < target and time.time() < deadline:
                     table = read_table(f, "individuals")
                     seen.update({i: (table["error"][i], table["host"][i]) for i in range(table.rows)})
+                    counts.add(table.rows)
                     time.sleep(0.01)
-            print(json.dumps(seen))
+            print(json.dumps({"seen": seen, "counts": len(counts)}))
         """), str(copy), str(stored + added)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
         for i in range(added):
             result = IndividualResult(
                 genome=template["genome"][0], params=template["params"][0], accuracy=0.5, correct=100, samples=200,
@@ -281,11 +284,13 @@ def test_one_reader_handle_sees_rows_and_text_as_they_are_committed(run_file, tm
                 blocks_created=template["blocks_created"][0], eval_seconds=0.01, host=f"host-{i}", device="cpu",
                 status=Status.FAILED, error=f"error {i}")
             writer.append_individual(result, generation=2, fitness=(-0.5, 40.0), constraint=0.0)
-            time.sleep(0.02)
+            time.sleep(0.05)
         out, err = reader.communicate(timeout=150)
     assert reader.returncode == 0, err
-    seen = {int(k): tuple(v) for k, v in json.loads(out).items()}
+    report = json.loads(out)
+    seen = {int(k): tuple(v) for k, v in report["seen"].items()}
     assert [seen[stored + i] for i in range(added)] == [(f"error {i}", f"host-{i}") for i in range(added)]
+    assert report["counts"] > 2  # it read while rows arrived, not once at the end
 
 
 # -- format 1 -----------------------------------------------------------------------------------------------------

@@ -49,13 +49,12 @@ def text_column(width: int, description: str) -> Column:
     return Column("str", description, width=width)
 
 
-ACCURACY = "top-1 accuracy: correct / samples"
 COLUMNS: dict[str, Column] = {
     "genome": Column("f8", "raw genome: bit width per quantizer gene, threshold step per sparsity gene (NaN for the "
                      "fp32 baseline)", axis="gene"),
     "params": Column("f8", "decoded parameter per gene: bits per quantizer (32 = fp32) or threshold per layer input "
                      "(NaN where evaluation failed)", axis="gene"),
-    "accuracy": Column("f8", ACCURACY, "1"),
+    "accuracy": Column("f8", "top-1 accuracy: correct / samples", "1"),
     "correct": Column("i8", "correctly classified samples", "1"),
     "samples": Column("i8", "samples evaluated", "1"),
     "cost": Column("f8", "the second objective, named by the root attribute cost_name", COST_UNIT),
@@ -110,7 +109,7 @@ RETRAINING = "retraining"
 RETRAINING_COLUMNS: dict[str, Column] = {
     "individual": INDIVIDUAL, "epoch": Column("i4", "epoch (0: before fine-tuning)"),
     "loss": Column("f8", "mean training loss of the epoch (NaN for epoch 0)", "1"),
-    "accuracy": Column("f8", f"validation {ACCURACY}", "1"),
+    "accuracy": Column("f8", "top-1 accuracy on the validation samples after the epoch", "1"),
     "samples": Column("i8", "validation samples", "1"),
     "learning_rate": Column("f8", "learning rate of the optimizer", "1"),
     "weights": text_column(4096, "file of the fine-tuned weights (absolute path)"),

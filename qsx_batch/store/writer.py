@@ -34,7 +34,7 @@ SCALE_ATTRIBUTES = {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "DIMENS
 TEXT_COMPRESSION = {"compression": "gzip", "compression_opts": 1}  # fixed-width text is mostly padding
 
 
-def fit_text(text: Any, width: int) -> bytes:
+def _fit_text(text: Any, width: int) -> bytes:
     """``text`` as UTF-8 of at most ``width`` bytes, cut at a character boundary."""
     return str(text).encode()[:width].decode("utf-8", "ignore").encode()
 
@@ -138,7 +138,7 @@ class _Table:
             self._resize(index + GROW_ROWS)
         for name, value in row.items():
             value = value.value if isinstance(value, Enum) else value
-            self.columns[name][index] = fit_text(value, self.text_widths[name]) if name in self.text_widths else value
+            self.columns[name][index] = _fit_text(value, self.text_widths[name]) if name in self.text_widths else value
         self.count.file.flush()
         self.count[...] = index + 1
         self.count.file.flush()
