@@ -73,6 +73,7 @@ def recovered_file(run_file, tmp_path_factory) -> Path:
     assert holder.stdout.readline().strip() == "open"
     holder.kill()
     holder.wait()
+    holder.stdout.close()
     copy.with_name("run.h5.lock").unlink()
     with pytest.raises(OSError, match="already open for write"):
         h5py.File(copy, "r")
