@@ -72,7 +72,7 @@ def measure(n: int, tasks: int, folder: Path, workload, problem) -> dict:
     rng = np.random.default_rng(n)
     genomes = {tuple(rng.integers(lower, upper + 1)) for _ in range(4 * n)}
     requests = [EvalRequest(np.asarray(g, dtype=float)) for g in sorted(genomes)[:n]]
-    header = run_header(workload, problem)
+    header = run_header(workload, problem, ["classification_accuracy"])
     settings = LaunchSpec(gpus_per_task=0, individuals_per_task=math.ceil(n / tasks), time=10, max_retries=0)
     executor = SlurmExecutor(workload, problem, settings, JobFiles(folder / f"n{n}.jobs", f"bench-{n}"),
                              log=lambda message: None, task=trivial_chunk())

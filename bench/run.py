@@ -211,11 +211,11 @@ def explore_run(source: Path, folder: Path, generations: int | None, device: tor
                            "--device", device.type], threads)
     workload = load_workload(path)
     problem = build_problem(workload, device)
-    create_results(folder / f"{source.stem}-header.h5", run_header(workload, problem)).close()
+    create_results(folder / f"{source.stem}-header.h5", run_header(workload, problem, ["classification_accuracy"])).close()
     header = (folder / f"{source.stem}-header.h5").stat().st_size
     with h5py.File(output, "r", swmr=True) as f:
-        individuals = int(f["individuals/count"][0])
-        baseline = int(f["baseline/count"][0])
+        individuals = int(f["individuals/count"][()])
+        baseline = int(f["baseline/count"][()])
         eval_seconds = f["individuals/eval_seconds"][:individuals]
         finished = f["individuals/finished_at"][:individuals]
     size = output.stat().st_size

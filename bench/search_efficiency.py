@@ -24,7 +24,7 @@ import yaml
 
 from qsx_batch.cli import main as qsx
 from qsx_batch.prepare import prepare_evaluator
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.result import genome_key
 from qsx_batch.workload import default_workload_path, load_workload
 
@@ -47,10 +47,10 @@ def _workload(tmp: Path, problem: str, seed: int, racing: bool, generations: int
 def _run(tmp: Path, problem: str, seed: int, racing: bool, generations: int | None):
     out = tmp / f"{problem}-{seed}-{racing}.h5"
     if out.exists():  # --keep: a finished run of an earlier invocation is reused
-        return load_run(out)
+        return results.open(out)
     if qsx(["explore", str(_workload(tmp, problem, seed, racing, generations)), "-o", str(out), "--skip-baseline"]):
         sys.exit(f"run {out} failed")
-    return load_run(out)
+    return results.open(out)
 
 
 def _front_keys(run) -> set:

@@ -8,7 +8,7 @@ individuals with status ok count.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Protocol
 
 import numpy as np
 from pymoo.indicators.hv import HV
@@ -19,16 +19,22 @@ from .result import Status
 REFERENCE_POINT = np.array([1.0, 1.0])
 
 
-def normalized_objectives(objectives: np.ndarray, attrs: Mapping) -> np.ndarray:
+class CostScale(Protocol):
+    """What normalizes a run's cost (the run header has these fields)."""
+
+    maximize_cost: bool
+    worst_cost: float
+    max_blocks_per_sample: float
+
+
+def normalized_objectives(objectives: np.ndarray, run: CostScale) -> np.ndarray:
     """(accuracy, cost) rows -> minimized, normalized (error, cost share) rows."""
     objectives = np.asarray(objectives, dtype=float).reshape(-1, 2)
     error = 1.0 - objectives[:, 0]
-    if bool(attrs["maximize_cost"]):
-        scale = float(attrs["max_blocks_per_sample"]) or 1.0
-        cost = 1.0 - objectives[:, 1] / scale
+    if run.maximize_cost:
+        cost = 1.0 - objectives[:, 1] / (float(run.max_blocks_per_sample) or 1.0)
     else:
-        scale = float(attrs["worst_cost"]) or 1.0
-        cost = objectives[:, 1] / scale
+        cost = objectives[:, 1] / (float(run.worst_cost) or 1.0)
     return np.column_stack([error, cost])
 
 
@@ -52,12 +58,12 @@ def pareto_mask(objectives: np.ndarray, maximize_cost: bool, mask: np.ndarray | 
     return out
 
 
-def hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarray, attrs: Mapping) -> float:
+def hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarray, run: CostScale) -> float:
     """Normalized hypervolume (reference point (1, 1)) of the usable individuals."""
     mask = usable(constraint, status)
     if not mask.any():
         return 0.0
-    points = normalized_objectives(np.asarray(objectives)[mask], attrs)
+    points = normalized_objectives(np.asarray(objectives)[mask], run)
     points = points[(points < REFERENCE_POINT).all(axis=1)]
     return float(HV(ref_point=REFERENCE_POINT)(points)) if len(points) else 0.0
 
@@ -72,12 +78,12 @@ def ranking(objectives: np.ndarray, maximize_cost: bool, by: str) -> np.ndarray:
 
 
 def cumulative_hypervolume(objectives: np.ndarray, constraint: np.ndarray, status: np.ndarray,
-                           generation: np.ndarray, attrs: Mapping, generations: int) -> np.ndarray:
+                           generation: np.ndarray, run: CostScale, generations: int) -> np.ndarray:
     """Per generation g: the normalized hypervolume of every individual evaluated in generations 0..g."""
     generation = np.asarray(generation)
     objectives, constraint, status = np.asarray(objectives), np.asarray(constraint), np.asarray(status)
     out = np.zeros(generations)
     for g in range(generations):
         rows = generation <= g
-        out[g] = hypervolume(objectives[rows], constraint[rows], status[rows], attrs)
+        out[g] = hypervolume(objectives[rows], constraint[rows], status[rows], run)
     return out

@@ -26,7 +26,7 @@ from .models import build_model
 from .models.layers import LayerInfo
 from .models.quantized import quant_nn, split_quantizer_state
 from .problems import Problem, create_problem
-from .store import RunData
+from .results import Run
 from .versions import package_versions
 from .workload import Workload, parse_workload
 
@@ -34,7 +34,7 @@ FORMAT = "qsx-batch-export/1"
 ONNX_OPSET = 13
 
 
-def recipe(run: RunData, row: int, workload: Workload, problem: Problem, input_shape: tuple[int, ...]) -> dict:
+def recipe(run: Run, row: int, workload: Workload, problem: Problem, input_shape: tuple[int, ...]) -> dict:
     """The deployment recipe of individual ``row``: its settings, stored scores, and where it comes from."""
     ind = run.individuals
     genome = np.asarray(ind["genome"][row], dtype=float)
@@ -77,7 +77,7 @@ def write_onnx(problem: Problem, sample: torch.Tensor, path: Path) -> None:
         quant_nn.TensorQuantizer.use_fb_fake_quant = previous
 
 
-def export_individual(run: RunData, row: int, workload: Workload, problem: Problem, sample: torch.Tensor,
+def export_individual(run: Run, row: int, workload: Workload, problem: Problem, sample: torch.Tensor,
                       out: Path) -> tuple[list[Path], str]:
     """Write the recipe, the PyTorch bundle and (where possible) the ONNX model of individual ``row``, using a
     freshly built, calibrated, not yet configured ``problem``; returns the files and why ONNX was left out."""

@@ -20,17 +20,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .store import RunData
+    from .results import Run
 
 ACCURACY_LABEL = "accuracy on the exploration data [fraction of samples]"
 
 
-def _figure(run: "RunData", title: str, rows: int = 1) -> tuple["Figure", np.ndarray]:
+def _figure(run: "Run", title: str, rows: int = 1) -> tuple["Figure", np.ndarray]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.2 * rows + 1.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, 1, sharex=True))
-    fig.suptitle(f"{run.attrs['workload_name']}: {title}")
+    fig.suptitle(f"{run.header.workload_name}: {title}")
     return fig, axes
 
 
@@ -47,10 +47,10 @@ def _save(fig: "Figure", out: Path, name: str, formats: list[str]) -> list[Path]
     return paths
 
 
-def pareto_figure(run: "RunData") -> "Figure":
+def pareto_figure(run: "Run") -> "Figure":
     """Accuracy vs cost of every individual evaluated ok, coloured by generation, with the Pareto front."""
     ind = run.individuals
-    fig, (ax,) = _figure(run, f"accuracy vs {run.attrs['cost_name']} ({run.count} individuals)")
+    fig, (ax,) = _figure(run, f"accuracy vs {run.header.cost_name} ({run.count} individuals)")
     ok = ind["status"] == Status.OK
     feasible = usable(ind["constraint"], ind["status"])
     generations = max(int(ind["generation"].max()) if run.count else 0, 1)
@@ -72,7 +72,7 @@ def pareto_figure(run: "RunData") -> "Figure":
     return fig
 
 
-def _draw_baseline(run: "RunData", ax: "Axes") -> None:
+def _draw_baseline(run: "Run", ax: "Axes") -> None:
     base = run.baseline
     if not np.isnan(run.minimum_accuracy):
         ax.axhline(run.minimum_accuracy, color="gray", linestyle="--", linewidth=1, label="accuracy constraint")
@@ -85,7 +85,7 @@ def _draw_baseline(run: "RunData", ax: "Axes") -> None:
             ax.scatter([cost], [accuracy], marker="*", s=120, color="black", zorder=3, label=f"baseline {label}")
 
 
-def _front_lines(run: "RunData", max_lines: int) -> np.ndarray:
+def _front_lines(run: "Run", max_lines: int) -> np.ndarray:
     """Up to ``max_lines`` front individuals spread evenly along the front."""
     front = run.pareto()
     if len(front) <= max_lines:
@@ -93,7 +93,7 @@ def _front_lines(run: "RunData", max_lines: int) -> np.ndarray:
     return front[np.unique(np.linspace(0, len(front) - 1, max_lines).round().astype(int))]
 
 
-def _per_layer(run: "RunData", axes: np.ndarray, rows: np.ndarray, series: list[tuple[str, np.ndarray]]) -> None:
+def _per_layer(run: "Run", axes: np.ndarray, rows: np.ndarray, series: list[tuple[str, np.ndarray]]) -> None:
     """One line per individual on each axis; ``series`` gives (y label, values[row, layer]) per axis."""
     from matplotlib import colormaps
 
@@ -110,7 +110,7 @@ def _per_layer(run: "RunData", axes: np.ndarray, rows: np.ndarray, series: list[
     axes[-1].set_xlabel("layer (model order)")
 
 
-def front_bits_figure(run: "RunData", max_lines: int) -> "Figure":
+def front_bits_figure(run: "Run", max_lines: int) -> "Figure":
     """Input and weight bit widths per layer of the front's individuals."""
     rows = _front_lines(run, max_lines)
     fig, axes = _figure(run, f"bit widths of the Pareto front ({len(rows)} of {len(run.pareto())} shown)", rows=2)
@@ -122,7 +122,7 @@ def front_bits_figure(run: "RunData", max_lines: int) -> "Figure":
     return fig
 
 
-def front_sparsity_figure(run: "RunData", max_lines: int) -> "Figure":
+def front_sparsity_figure(run: "Run", max_lines: int) -> "Figure":
     """Thresholds and created zero blocks per sample, per layer, of the front's individuals."""
     ind = run.individuals
     rows = _front_lines(run, max_lines)
@@ -133,11 +133,11 @@ def front_sparsity_figure(run: "RunData", max_lines: int) -> "Figure":
     return fig
 
 
-def hypervolume_figure(run: "RunData") -> "Figure":
+def hypervolume_figure(run: "Run") -> "Figure":
     """Hypervolume of each generation's population and of everything evaluated so far."""
     fig, (ax,) = _figure(run, "hypervolume over generations")
-    generations = np.arange(len(run.generations["hypervolume"]))
-    ax.plot(generations, run.generations["hypervolume"], marker="o", label="population after the generation")
+    generations = np.arange(run.generations.rows)
+    ax.plot(generations, run.hypervolume(), marker="o", label="population after the generation")
     ax.plot(generations, run.cumulative_hypervolume(), marker=".", linestyle="--", label="all individuals so far")
     ax.set_xlabel("generation")
     ax.set_ylabel(f"hypervolume [normalized, reference {tuple(REFERENCE_POINT.tolist())}]")
@@ -146,7 +146,7 @@ def hypervolume_figure(run: "RunData") -> "Figure":
     return fig
 
 
-def plot_run(run: "RunData", out: Path, formats: list[str], max_lines: int = 10) -> list[Path]:
+def plot_run(run: "Run", out: Path, formats: list[str], max_lines: int = 10) -> list[Path]:
     """Write every figure of ``run`` into ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     stem = run.path.stem

@@ -147,6 +147,24 @@ def build_problem(workload: Workload, device: torch.device, calibrate: bool = Tr
     return problem
 
 
+def metric_names(workload: Workload, problem: Problem) -> list[str]:
+    """The names of the metrics the workload's accuracy function returns (one exploration sample through the
+    fp32 network tells how many): the function's name, indexed when it returns several."""
+    metric = accuracy_function(workload.spec.model.accuracy_function)
+    block = workload.spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1})
+    probe = load_block(workload, block, "exploration.datasets.exploration")
+    device = next(problem.model.parameters()).device
+    problem.configure(None)
+    with torch.inference_mode():
+        outputs = problem.model(probe.inputs.to(device))
+        try:
+            count = len(metric.pairs(outputs, probe.labels.to(device)))
+        except Exception as exc:  # the user's callable, on real outputs: say which and why
+            raise UserError(f"model.accuracy_function '{metric.name}' fails on one exploration sample: "
+                            f"{type(exc).__name__}: {exc}") from None
+    return [metric.name] if count == 1 else [f"{metric.name}[{i}]" for i in range(count)]
+
+
 def search_datasets(workload: Workload) -> tuple[str, ...]:
     """The dataset blocks a search evaluates on: exploration, and baseline when the workload has one."""
     return ("exploration",) + (("baseline",) if workload.spec.exploration.datasets.baseline is not None else ())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -11,44 +12,44 @@ import numpy as np
 
 from .analysis import REFERENCE_POINT
 from .result import Status
-from .store import RunData
+from .results import Run
 
 def format_params(values: np.ndarray, bits: bool) -> str:
     """Bit widths as integers, thresholds with three significant digits."""
     return " ".join(f"{v:g}" if bits else f"{v:.3g}" for v in values)
 
 
-def summary_text(run: RunData) -> str:
+def summary_text(run: Run) -> str:
     """Run summary and baseline as aligned text."""
-    a, ind = run.attrs, run.individuals
+    h, ind = run.header, run.individuals
     failed = int(np.sum(ind["status"] != Status.OK)) if run.count else 0
-    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a["created"])))
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
     lines = [
         f"results    {run.path}",
-        f"workload   {a['workload_name']}  (sha256 {str(a['workload_sha256'])[:12]})",
-        f"problem    {a['problem']}   cost: {run.cost_label} ({'minimized' if run.bits else 'maximized'})",
-        f"seed       {a['seed']}   created {created}",
-        f"evaluated  {run.count} individuals ({failed} failed) in {len(run.generations['evaluated'])} generations,"
+        f"workload   {h.workload_name}  (sha256 {h.workload_sha256[:12]})",
+        f"problem    {h.problem}   cost: {run.cost_label} ({'minimized' if run.bits else 'maximized'})",
+        f"seed       {h.seed}   created {created}",
+        f"evaluated  {run.count} individuals ({failed} failed) in {run.generations.rows} generations,"
         f" {float(np.sum(ind['eval_seconds'])) if run.count else 0.0:.1f} s of evaluation",
     ]
     if not np.isnan(run.minimum_accuracy):
         lines.append(f"constraint accuracy >= {run.minimum_accuracy:.4f}")
-    if len(run.generations["hypervolume"]):
-        lines.append(f"hypervolume {run.generations['hypervolume'][-1]:.4f} of the last population "
+    if run.generations.rows:
+        lines.append(f"hypervolume {run.hypervolume()[-1]:.4f} of the last population "
                      f"(normalized, reference point {tuple(REFERENCE_POINT.tolist())}; --hypervolume: per generation)")
     if run.follow_ups:
-        tables = ", ".join(f"{name} ({len(t['individual'])} rows)" for name, t in run.follow_ups.items())
+        tables = ", ".join(f"{name} ({t.rows} rows)" for name, t in run.follow_ups.items())
         lines.append(f"follow-ups {tables}")
     base = run.baseline
-    if len(base["label"]):
+    if base.rows:
         lines += ["", "baseline", f"  {'setting':<14}{'dataset':<13}{'accuracy':>9}{'samples':>9}  cost"]
-        for i in range(len(base["label"])):
+        for i in range(base.rows):
             lines.append(f"  {base['label'][i]:<14}{base['dataset'][i]:<13}{base['accuracy'][i]:>9.4f}"
                          f"{base['samples'][i]:>9}  {base['cost'][i]:.6g}")
     return "\n".join(lines)
 
 
-def individuals_text(run: RunData, rows: np.ndarray, title: str, energy: np.ndarray | None = None) -> str:
+def individuals_text(run: Run, rows: np.ndarray, title: str, energy: np.ndarray | None = None) -> str:
     """One line per individual: row, generation, accuracy, cost, [energy], parameters (or the error)."""
     ind = run.individuals
     kinds = run.param_columns()
@@ -56,7 +57,7 @@ def individuals_text(run: RunData, rows: np.ndarray, title: str, energy: np.ndar
         if run.bits else "threshold per layer input"
     energy_head = f" {'energy_uJ':>10}" if energy is not None else ""
     lines = [f"{title} ({len(rows)} individuals; {header}: {' '.join(run.gene_names)})",
-             f"  {'#':>5} {'gen':>4} {'accuracy':>9} {run.attrs['cost_name']:>20}{energy_head}  parameters"]
+             f"  {'#':>5} {'gen':>4} {'accuracy':>9} {run.header.cost_name:>20}{energy_head}  parameters"]
     for row in rows:
         extra = f" {energy[row]:>10.4g}" if energy is not None else ""
         tail = format_params(ind["params"][row], run.bits) if ind["status"][row] == Status.OK else \
@@ -66,33 +67,33 @@ def individuals_text(run: RunData, rows: np.ndarray, title: str, energy: np.ndar
     return "\n".join(lines)
 
 
-def generations_text(run: RunData) -> str:
+def generations_text(run: Run) -> str:
     """Per generation: evaluated individuals so far, evaluation time, and both hypervolumes."""
     gens = run.generations
     cumulative = run.cumulative_hypervolume()
     lines = [f"hypervolume per generation (normalized objectives, reference point {tuple(REFERENCE_POINT.tolist())})",
              f"  {'gen':>4} {'evaluated':>10} {'eval_s':>9} {'population':>11} {'all so far':>11}"]
-    for g in range(len(gens["evaluated"])):
+    for g in range(gens.rows):
         lines.append(f"  {g:>4} {gens['evaluated'][g]:>10} {gens['eval_seconds'][g]:>9.1f} "
                      f"{gens['hypervolume'][g]:>11.4f} {cumulative[g]:>11.4f}")
     return "\n".join(lines)
 
 
-def follow_up_text(run: RunData) -> str:
+def follow_up_text(run: Run) -> str:
     """Re-evaluations and retraining results stored by ``evaluate`` and ``retrain``."""
     blocks = []
     for name, t in run.follow_ups.items():
         shown = ("individual", "dataset", "epoch", "loss", "accuracy", "samples", "cost", "weights")
         columns = [c for c in shown if c in t]
         cells = [[f"{t[c][i]:.4f}" if isinstance(t[c][i], float) else str(t[c][i]) for c in columns]
-                 for i in range(len(t["individual"]))]
+                 for i in range(t.rows)]
         widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(columns)]
         lines = [name] + ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [columns] + cells]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def table_rows(run: RunData, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:
+def table_rows(run: Run, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:
     """One flat dict per individual: scores, per-gene parameters and per-layer block counts."""
     ind, out = run.individuals, []
     for row in rows:
@@ -110,37 +111,43 @@ def table_rows(run: RunData, rows: np.ndarray, energy: np.ndarray | None = None)
     return out
 
 
+def _finite(rows: list[dict], missing: object) -> list[dict]:
+    """The records with NaN and infinite numbers replaced by ``missing``."""
+    return [{key: missing if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in row.items()} for row in rows]
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
-    """Write flat records as CSV with a header line."""
+    """Write flat records as CSV with a header line; NaN and infinities become empty cells."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         if not rows:
             return
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_finite(rows, ""))
 
 
 def write_json(rows: list[dict], path: Path) -> None:
-    """Write flat records as a JSON list."""
+    """Write flat records as a JSON list (valid JSON: NaN and infinities become null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
+    path.write_text(json.dumps(_finite(rows, None), indent=1, allow_nan=False))
 
 
-def _coordinates(run: RunData, rows: np.ndarray, style: str, legend: str) -> str:
+def _coordinates(run: Run, rows: np.ndarray, style: str, legend: str) -> str:
     ind = run.individuals
     points = " ".join(f"({ind['cost'][r]:.8g},{ind['accuracy'][r]:.6f})" for r in rows)
     return f"\\addplot[{style}] coordinates {{{points}}};\n\\addlegendentry{{{legend}}}\n"
 
 
-def write_tikz(run: RunData, rows: np.ndarray, path: Path) -> None:
+def write_tikz(run: Run, rows: np.ndarray, path: Path) -> None:
     """pgfplots ``\\addplot coordinates`` for the ok individuals among ``rows`` and their Pareto front.
 
     ``\\input`` the file inside an ``axis`` environment; x is the cost, y the accuracy (fraction).
     """
     ok = rows[run.individuals["status"][rows] == Status.OK]
     front = run.pareto(ok)
-    text = (f"% qsx-batch inspect --tikz: {run.attrs['workload_name']} ({run.attrs['problem']}), {run.path.name}\n"
+    text = (f"% qsx-batch inspect --tikz: {run.header.workload_name} ({run.header.problem}), {run.path.name}\n"
             f"% x = {run.cost_label}, y = accuracy (fraction of samples)\n"
             "% use inside \\begin{axis}[xlabel={cost}, ylabel={accuracy}] ... \\end{axis}: \\input{this file}\n"
             + _coordinates(run, ok, "only marks, mark=*, mark size=1pt, gray", "individuals")

@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import UserError
 from .executors.base import Executor
 from .interrupts import Interrupted
+from .prepare import metric_names
 from .problems import Problem
 from .search import Search, SearchOptions, run_header
 from .store import ResultsWriter, create_results, open_for_append
@@ -28,7 +29,7 @@ def open_resumed(path: Path, workload_file: str | None = None) -> tuple[Workload
         if workload_file is None:
             return writer.workload(), writer
         workload = load_workload(workload_file)
-        if workload.sha256 != writer.attrs.get("workload_sha256"):
+        if workload.sha256 != writer.header.workload_sha256:
             raise UserError(
                 f"Results file {path} was written for a different workload (its workload text differs from "
                 f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "
@@ -53,7 +54,8 @@ def default_output(workload: Workload) -> Path:
 
 def create_run(workload: Workload, problem: Problem, output: Path | None) -> ResultsWriter:
     """A new results file for the workload's run (``output``, or :func:`default_output`)."""
-    return create_results(output or default_output(workload), run_header(workload, problem))
+    return create_results(output or default_output(workload),
+                          run_header(workload, problem, metric_names(workload, problem)))
 
 
 @contextmanager

@@ -65,7 +65,7 @@ def make_algorithm(nsga: NsgaSpec, integer: bool, first: np.ndarray | None = Non
     )
 
 
-def run_header(workload: Workload, problem: Problem) -> RunHeader:
+def run_header(workload: Workload, problem: Problem, metric_names: list[str]) -> RunHeader:
     """The fixed description of a run written into a new results file."""
     lower, upper = problem.bounds
     return RunHeader(
@@ -79,6 +79,7 @@ def run_header(workload: Workload, problem: Problem) -> RunHeader:
         layer_input_shapes=["x".join(map(str, layer.input_shape)) for layer in problem.layers],
         pop_size=workload.spec.exploration.nsga.pop_size, versions=package_versions(),
         worst_cost=problem.worst_cost(), max_blocks_per_sample=problem.blocks_per_sample(),
+        metric_names=metric_names,
     )
 
 
@@ -241,7 +242,7 @@ class Search:
         seconds = float(np.sum(ind["eval_seconds"]))
         samples = int(np.sum(ind["samples"]))
         hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
-                         ind["status"][population_rows], self.writer.attrs)
+                         ind["status"][population_rows], self.writer.header)
         self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
 
     # -- the loop ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 from .analysis import ranking, usable
 from .errors import UserError
 from .result import Status
-from .store import RunData
+from .results import Run
 
 
 class Choice(Protocol):
@@ -40,7 +40,7 @@ def _check_index(rows: list[int], count: int, path) -> np.ndarray:
     return np.asarray(rows, dtype=int)
 
 
-def selected_rows(run: RunData, args: Choice) -> np.ndarray:
+def selected_rows(run: Run, args: Choice) -> np.ndarray:
     """Row indices of ``run`` chosen by the options, in display order."""
     ind = run.individuals
     rows = _check_index(args.index, run.count, run.path) if args.index else np.arange(run.count)
@@ -58,5 +58,5 @@ def selected_rows(run: RunData, args: Choice) -> np.ndarray:
         if args.top < 1:
             raise UserError(f"--top {args.top}: give a positive number of individuals.")
         rows = rows[usable(ind["constraint"][rows], ind["status"][rows])]
-        rows = rows[ranking(ind["objectives"][rows], bool(run.attrs["maximize_cost"]), args.by)][: args.top]
+        rows = rows[ranking(ind["objectives"][rows], run.header.maximize_cost, args.by)][: args.top]
     return rows

@@ -461,6 +461,17 @@ def load_workload(path: str | Path | None) -> Workload:
     return parse_workload(text, path)
 
 
+def differing_keys(a: WorkloadSpec, b: WorkloadSpec) -> list[str]:
+    """The dotted keys whose values differ between two workloads (defaults filled in), in schema order."""
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    left, right = flat(a.model_dump(mode="json"), ""), flat(b.model_dump(mode="json"), "")
+    return [key for key in {**left, **right} if left.get(key) != right.get(key)]
+
+
 def dump_workload(workload: Workload) -> str:
     """The resolved workload (defaults filled in) as YAML."""
     return yaml.safe_dump({"workload": workload.spec.model_dump(mode="json")}, sort_keys=False)

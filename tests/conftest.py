@@ -60,11 +60,15 @@ def _cluster_up() -> bool:
     return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
 
 
+def missing(message: str) -> None:
+    """A component a test needs is not installed: skip, but FAIL when CI=true (tests/run.sh installs it)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="module")
 def slurm() -> None:
     """The local SLURM cluster (slurm/dev/start-cluster.sh): skips without one, FAILS when CI=true."""
     if not _cluster_up():
-        message = "no SLURM cluster: start one with 'sudo slurm/dev/start-cluster.sh'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no SLURM cluster: start one with 'sudo slurm/dev/start-cluster.sh'")

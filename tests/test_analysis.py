@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import re
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from qsx_batch.analysis import hypervolume, pareto_mask, ranking, usable
 from qsx_batch.cli import main
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.store import open_for_append
 
 from conftest import tiny_workload_dict, write_workload
@@ -50,7 +51,7 @@ def test_pareto_mask_matches_brute_force_non_dominance(maximize_cost):
 
 
 def test_run_front_is_the_non_dominated_set_of_usable_individuals(run_file):
-    run = load_run(run_file)
+    run = results.open(run_file)
     ind = run.individuals
     rows = np.flatnonzero(usable(ind["constraint"], ind["status"]))
     expected = {rows[i] for i in brute_force_front(ind["objectives"][rows], False)}
@@ -59,14 +60,14 @@ def test_run_front_is_the_non_dominated_set_of_usable_individuals(run_file):
 
 
 def test_hypervolume_of_a_hand_computed_case():
-    attrs = {"maximize_cost": False, "worst_cost": 100.0, "max_blocks_per_sample": 0.0}
+    quantization = SimpleNamespace(maximize_cost=False, worst_cost=100.0, max_blocks_per_sample=0.0)
     objectives = np.array([[0.9, 50.0], [0.8, 20.0], [0.95, 10.0], [0.99, 5.0], [0.5, 150.0]])
     constraint = np.array([0.0, 0.0, 0.1, 0.0, 0.0])  # row 2 misses the accuracy constraint
     status = np.array(["ok", "ok", "ok", "failed", "ok"], dtype=object)  # row 3 failed; row 4 is beyond (1, 1)
     # normalized (1 - accuracy, cost / 100): (0.1, 0.5) and (0.2, 0.2); union of boxes up to (1, 1):
     # 0.9 * 0.5 + 0.8 * 0.8 - 0.8 * 0.5 = 0.69
-    assert hypervolume(objectives, constraint, status, attrs) == pytest.approx(0.69)
-    sparsity = {"maximize_cost": True, "worst_cost": 0.0, "max_blocks_per_sample": 100.0}
+    assert hypervolume(objectives, constraint, status, quantization) == pytest.approx(0.69)
+    sparsity = SimpleNamespace(maximize_cost=True, worst_cost=0.0, max_blocks_per_sample=100.0)
     # (accuracy 0.9, 60 of 100 blocks) -> (0.1, 0.4): box 0.9 x 0.6
     assert hypervolume(np.array([[0.9, 60.0]]), np.zeros(1), np.array(["ok"]), sparsity) == pytest.approx(0.54)
 
@@ -79,11 +80,11 @@ def test_ranking_breaks_ties_by_the_other_objective():
 
 
 def test_cumulative_hypervolume_grows_and_ends_at_the_whole_run(run_file):
-    run = load_run(run_file)
+    run = results.open(run_file)
     cumulative = run.cumulative_hypervolume()
     ind = run.individuals
     assert len(cumulative) == 3 and np.all(np.diff(cumulative) >= 0)
-    assert cumulative[-1] == pytest.approx(hypervolume(ind["objectives"], ind["constraint"], ind["status"], run.attrs))
+    assert cumulative[-1] == pytest.approx(hypervolume(ind["objectives"], ind["constraint"], ind["status"], run.header))
     assert np.all(cumulative >= run.generations["hypervolume"] - 1e-12)  # the archive covers every population
 
 
@@ -92,7 +93,7 @@ def test_inspect_top_by_cost_exports_parse_back(run_file, tmp_path, capsys):
     assert main(["inspect", str(run_file), "--top", "3", "--by", "cost", "--hypervolume", "--csv", str(csv_path),
                  "--json", str(json_path), "--tikz", str(tikz_path)]) == 0
     text = capsys.readouterr().out
-    run = load_run(run_file)
+    run = results.open(run_file)
     ind = run.individuals
     ok = [r for r in range(run.count) if ind["status"][r] == "ok" and ind["constraint"][r] <= 0]
     expected = sorted(ok, key=lambda r: (ind["cost"][r], -ind["accuracy"][r]))[:3]
@@ -115,7 +116,7 @@ def test_inspect_generation_and_failed_choices(run_file, tmp_path):
     gen_csv, failed_csv = tmp_path / "gen.csv", tmp_path / "failed.csv"
     assert main(["inspect", str(run_file), "--generation", "1", "--csv", str(gen_csv)]) == 0
     assert main(["inspect", str(run_file), "--failed", "--csv", str(failed_csv)]) == 0
-    ind = load_run(run_file).individuals
+    ind = results.open(run_file).individuals
     with open(gen_csv, newline="") as fh:
         assert [int(r["index"]) for r in csv.DictReader(fh)] == list(np.flatnonzero(ind["generation"] == 1))
     assert failed_csv.read_text() == ""  # nothing failed in this run

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from qsx_batch.cli import main
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.result import genome_key
 
 from conftest import tiny_workload_dict, write_workload
@@ -25,7 +25,7 @@ def _explore(workload: Path, out: Path, *extra: str) -> int:
 
 
 def _genomes(path: Path) -> list[tuple]:
-    return [genome_key(g) for g in load_run(path).individuals["genome"]]
+    return [genome_key(g) for g in results.open(path).individuals["genome"]]
 
 
 def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_path):
@@ -35,7 +35,7 @@ def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_pat
         assert f.attrs["format"] == "qsx-batch-results"
         assert f.attrs["problem"] == "quantization_problem"
         assert "workload:" in f.attrs["workload_yaml"]
-        n = int(f["individuals/count"][0])
+        n = int(f["individuals/count"][()])
         assert n == f["individuals/genome"].shape[0] >= 6
         assert f["individuals/genome"].shape[1] == 10  # input + weight quantizer of 5 layers
         assert list(f["genes/names"].asstr()[:2]) == ["conv1.input", "conv1.weight"]
@@ -43,9 +43,10 @@ def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_pat
         labels = list(f["baseline/label"].asstr()[:])
         assert labels.count("fp32") == 2 and labels.count("all_8_bit") == 2
         for table in ("individuals", "baseline", "generations"):  # columns grow by chunks, trimmed at close
-            rows = int(f[f"{table}/count"][0])
-            assert {ds.shape[0] for name, ds in f[table].items() if name != "count"} == {rows}
-    run = load_run(out)
+            rows = int(f[f"{table}/count"][()])
+            assert {ds.shape[0] for ds in f[table].values() if ds.maxshape[:1] == (None,)} == {rows}
+            assert f[f"{table}/row"].shape == (rows,)  # the row dimension scale grows and shrinks with them
+    run = results.open(out)
     ind = run.individuals
     assert len(set(_genomes(out))) == run.count  # no genome evaluated twice
     assert np.all((ind["params"] >= 2) & (ind["params"] <= 8))
@@ -62,7 +63,7 @@ def test_quantization_run_writes_a_complete_results_file(quant_workload, tmp_pat
 def test_sparsity_run_records_block_counts(sparsity_workload, tmp_path):
     out = tmp_path / "s.h5"
     assert _explore(sparsity_workload, out) == 0
-    run = load_run(out)
+    run = results.open(out)
     ind = run.individuals
     assert ind["blocks_created"].shape == (run.count, 5)
     assert np.all(ind["blocks_total"] == ind["blocks_total"][0])
@@ -80,7 +81,7 @@ def test_same_seed_same_run_and_other_seed_differs(tmp_path):
         data["workload"]["seed"] = seed
         out = tmp_path / f"{name}.h5"
         assert _explore(write_workload(tmp_path, data, f"{name}.yaml"), out, "--skip-baseline") == 0
-        runs.append(load_run(out).individuals)
+        runs.append(results.open(out).individuals)
     assert np.array_equal(runs[0]["genome"], runs[1]["genome"])
     assert np.array_equal(runs[0]["objectives"], runs[1]["objectives"])
     assert not np.array_equal(runs[0]["genome"], runs[2]["genome"])
@@ -89,9 +90,9 @@ def test_same_seed_same_run_and_other_seed_differs(tmp_path):
 def test_resume_of_a_finished_run_evaluates_nothing_again(quant_workload, tmp_path):
     out = tmp_path / "r.h5"
     assert _explore(quant_workload, out) == 0
-    before = load_run(out)
+    before = results.open(out)
     assert main(["explore", "--resume", str(out)]) == 0  # workload taken from the file
-    after = load_run(out)
+    after = results.open(out)
     assert after.count == before.count
     assert len(after.baseline["label"]) == len(before.baseline["label"])
     assert len(after.generations["evaluated"]) == 2
@@ -111,7 +112,7 @@ def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float
         if path.exists():
             try:
                 with h5py.File(path, "r", libver="latest", swmr=True) as f:
-                    if int(f["individuals/count"][0]) >= rows:
+                    if int(f["individuals/count"][()]) >= rows:
                         return
             except OSError:
                 pass
@@ -137,12 +138,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and f"qsx-batch explore --resume {out}" in err
         with h5py.File(out, "r") as f:  # closed cleanly: plain readers work
-            assert int(f["individuals/count"][0]) >= 9
-    stored = load_run(out).count  # a killed writer's file is still readable (SWMR)
+            assert int(f["individuals/count"][()]) >= 9
+    stored = results.open(out).count  # a killed writer's file is still readable (SWMR)
     assert stored >= 9
 
     assert main(["explore", str(workload), "--resume", str(out)]) == 0
-    resumed, full = load_run(out), load_run(reference)
+    resumed, full = results.open(out), results.open(reference)
     assert len(set(_genomes(out))) == resumed.count  # nothing evaluated twice
     assert _genomes(out) == _genomes(reference)
     assert np.array_equal(resumed.individuals["objectives"], full.individuals["objectives"])
@@ -152,9 +153,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
 def test_resume_fills_in_missing_baseline_rows(quant_workload, tmp_path):
     out = tmp_path / "b.h5"
     assert _explore(quant_workload, out, "--skip-baseline") == 0
-    stored = load_run(out).baseline
+    stored = results.open(out).baseline
     assert list(zip(stored["label"], stored["dataset"])) == [("fp32", "exploration")]  # needed for the constraint
     assert main(["explore", "--resume", str(out)]) == 0
-    labels = set(zip(load_run(out).baseline["label"], load_run(out).baseline["dataset"]))
+    labels = set(zip(results.open(out).baseline["label"], results.open(out).baseline["dataset"]))
     assert labels == {("fp32", "exploration"), ("fp32", "baseline"), ("all_8_bit", "exploration"),
                       ("all_8_bit", "baseline")}

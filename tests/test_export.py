@@ -15,7 +15,7 @@ import yaml
 from qsx_batch.cli import main
 from qsx_batch.export import load_exported
 from qsx_batch.prepare import load_block
-from qsx_batch.store import load_run, run_workload
+from qsx_batch import results
 
 
 def _run(tmp_path, workload_path, predefined: list[float], name: str):
@@ -25,8 +25,8 @@ def _run(tmp_path, workload_path, predefined: list[float], name: str):
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / f"{name}.h5"
     assert main(["explore", str(path), "--output", str(out), "--skip-baseline"]) == 0
-    run = load_run(out)
-    return run, load_block(run_workload(out), run_workload(out).dataset("exploration"), "exploration")
+    run = results.open(out)
+    return run, load_block(run.workload, run.workload.dataset("exploration"), "exploration")
 
 
 def _accuracy(model: torch.nn.Module, samples) -> float:
@@ -45,7 +45,7 @@ def test_all_8_bit_individual_exports_to_onnx_and_pytorch(quant_workload, tmp_pa
     stored = float(run.individuals["accuracy"][eight])
 
     recipe = json.loads((out / f"individual-{eight}.recipe.json").read_text())
-    assert recipe["workload"]["sha256"] == run.attrs["workload_sha256"] and recipe["accuracy"] == stored
+    assert recipe["workload"]["sha256"] == run.header.workload_sha256 and recipe["accuracy"] == stored
     quantizers = recipe["quantizers"]
     assert [q["name"] for q in quantizers] == run.gene_names and {q["bits"] for q in quantizers} == {8}
     conv1_weight = next(q for q in quantizers if q["name"] == "conv1.weight")

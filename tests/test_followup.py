@@ -14,7 +14,7 @@ import torch
 
 from qsx_batch.cli import main
 from qsx_batch.models import build_model, load_weights
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.store import read_table
 
 from conftest import WEIGHTS, tiny_workload_dict, write_workload
@@ -52,11 +52,11 @@ def quant(tmp_path_factory):
 
 def test_evaluate_reproduces_stored_accuracy_and_links_individuals(quant, tmp_path, capsys):
     workload, run_file, _ = quant
-    results = shutil.copy(run_file, tmp_path / "run.h5")
-    assert main(["evaluate", str(results), "--top", "3", "--dataset", "exploration"]) == 0
-    assert main(["evaluate", str(results), "--pareto"]) == 0
+    copy = shutil.copy(run_file, tmp_path / "run.h5")
+    assert main(["evaluate", str(copy), "--top", "3", "--dataset", "exploration"]) == 0
+    assert main(["evaluate", str(copy), "--pareto"]) == 0
     printed = capsys.readouterr().out
-    run = load_run(results)
+    run = results.open(copy)
     ind = run.individuals
     table = run.follow_ups["reevaluations"]
     usable = [r for r in range(run.count) if ind["status"][r] == "ok" and ind["constraint"][r] <= 0]
@@ -72,27 +72,27 @@ def test_evaluate_reproduces_stored_accuracy_and_links_individuals(quant, tmp_pa
     assert np.allclose(table["correct"][full] / 1000, table["accuracy"][full])
     assert "re-evaluated" in printed
     # the follow-up table does not stop a run from being resumed or read
-    assert main(["explore", "--resume", str(results)]) == 0
-    assert load_run(results).count == run.count
+    assert main(["explore", "--resume", str(copy)]) == 0
+    assert results.open(copy).count == run.count
 
 
 def test_retrain_fresh_copies_keep_or_improve_accuracy(quant, tmp_path, capsys):
     _, run_file, _ = quant
-    ind = load_run(run_file).individuals
+    ind = results.open(run_file).individuals
     ok = np.flatnonzero(ind["status"] == "ok")
     worst, best = ok[np.argmin(ind["accuracy"][ok])], ok[np.argmax(ind["accuracy"][ok])]
-    results = shutil.copy(run_file, tmp_path / "run.h5")
-    assert main(["retrain", str(results), "--index", str(worst), str(best), "--epochs", "1"]) == 0
-    table = load_run(results).follow_ups["retraining"]
+    copy = shutil.copy(run_file, tmp_path / "run.h5")
+    assert main(["retrain", str(copy), "--index", str(worst), str(best), "--epochs", "1"]) == 0
+    table = results.open(copy).follow_ups["retraining"]
     assert list(table["individual"]) == [worst, worst, best, best] and list(table["epoch"]) == [0, 1, 0, 1]
     before, after = table["accuracy"][0], table["accuracy"][1]
     assert after > before, (before, after)  # the worst individual gains from fine-tuning
     assert table["accuracy"][3] >= table["accuracy"][2] - 0.02, table["accuracy"]  # the best one keeps its accuracy
     # each individual starts from the base weights: its epoch-0 accuracy is what a fresh evaluation gives
-    assert main(["evaluate", str(results), "--index", str(worst), str(best),
+    assert main(["evaluate", str(copy), "--index", str(worst), str(best),
                  "--dataset", "retraining.datasets.validation"]) == 0
     capsys.readouterr()
-    fresh = load_run(results).follow_ups["reevaluations"]
+    fresh = results.open(copy).follow_ups["reevaluations"]
     assert list(fresh["accuracy"]) == [table["accuracy"][0], table["accuracy"][2]]
     saved = Path(str(table["weights"][1]))
     assert saved == (tmp_path / "run-retrained" / f"individual-{worst}.pt").resolve()
@@ -184,12 +184,12 @@ def test_energy_csv_rows_match_by_layer_name(quant, tmp_path, capsys):
         assert float(imported[name]["energy_uj"]) == pytest.approx(float(rows[name]["energy_uj"]))
 
     table.write_text(table.read_text().replace("conv2,", "features.3,"))
-    results = tmp_path / "never.h5"
-    for argv in (["energy", str(tmp_path / "e.yaml")], ["explore", str(tmp_path / "e.yaml"), "-o", str(results)]):
+    never = tmp_path / "never.h5"
+    for argv in (["energy", str(tmp_path / "e.yaml")], ["explore", str(tmp_path / "e.yaml"), "-o", str(never)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "no row for ['conv2']" in err and "unknown layers ['features.3']" in err and "Traceback" not in err
-    assert not results.exists()
+    assert not never.exists()
 
 
 def test_energy_aware_search_stores_energy_per_individual(quant, tmp_path, capsys):
@@ -198,8 +198,8 @@ def test_energy_aware_search_stores_energy_per_individual(quant, tmp_path, capsy
     data["workload"]["problem"]["problem_function"] = "energy_aware_quant_problem"
     out = tmp_path / "energy.h5"
     assert main(["explore", str(write_workload(tmp_path, data)), "--output", str(out)]) == 0
-    run = load_run(out)
-    assert run.attrs["cost_name"] == "dram_energy" and run.attrs["cost_unit"] == "uJ per inference"
+    run = results.open(out)
+    assert run.header.cost_name == "dram_energy" and run.header.cost_unit == "uJ per inference"
     ind = run.individuals
     for params, cost in zip(ind["params"], ind["cost"]):
         assert cost == pytest.approx(hand_energy_uj(params))
@@ -210,7 +210,7 @@ def test_energy_aware_search_stores_energy_per_individual(quant, tmp_path, capsy
     capsys.readouterr()
     assert main(["inspect", str(quant_file), "--energy", "--csv", str(export)]) == 0
     assert "energy_uJ" in capsys.readouterr().out
-    quant_ind = load_run(quant_file).individuals
+    quant_ind = results.open(quant_file).individuals
     with open(export, newline="") as fh:
         for record in csv.DictReader(fh):
             expected = hand_energy_uj(quant_ind["params"][int(record["index"])])
@@ -219,23 +219,23 @@ def test_energy_aware_search_stores_energy_per_individual(quant, tmp_path, capsy
 
 def test_follow_up_bad_input_leaves_the_file_untouched(quant, tmp_path, capsys):
     workload, run_file, data = quant
-    results = shutil.copy(run_file, tmp_path / "run.h5")
+    copy = shutil.copy(run_file, tmp_path / "run.h5")
     no_retraining = {"workload": {k: v for k, v in data["workload"].items() if k != "retraining"}}
     sparsity = write_workload(tmp_path, tiny_workload_dict("sparsity", tmp_path), "s.yaml")
     cases = [
-        (["retrain", str(results), "--top", "1", "--workload", str(write_workload(tmp_path, no_retraining, "n.yaml"))],
+        (["retrain", str(copy), "--top", "1", "--workload", str(write_workload(tmp_path, no_retraining, "n.yaml"))],
          "no 'retraining' section"),
-        (["evaluate", str(results), "--top", "1", "--workload", str(sparsity)], "was written with"),
-        (["evaluate", str(results), "--top", "1", "--dataset", "nosuch"], "no dataset block 'nosuch'"),
-        (["retrain", str(results), "--index", "0", "--epochs", "0"], "--epochs 0"),
-        (["evaluate", str(results), "--top", "0"], "--top 0"),
+        (["evaluate", str(copy), "--top", "1", "--workload", str(sparsity)], "was written with"),
+        (["evaluate", str(copy), "--top", "1", "--dataset", "nosuch"], "no dataset block 'nosuch'"),
+        (["retrain", str(copy), "--index", "0", "--epochs", "0"], "--epochs 0"),
+        (["evaluate", str(copy), "--top", "0"], "--top 0"),
     ]
-    before = _sha(results)
+    before = _sha(copy)
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
-    assert _sha(results) == before
-    with h5py.File(results, "r") as f:
+    assert _sha(copy) == before
+    with h5py.File(copy, "r") as f:
         assert "reevaluations" not in f and "retraining" not in f
-        assert read_table(f, "individuals")["accuracy"].shape[0] == load_run(run_file).count
+        assert read_table(f, "individuals")["accuracy"].shape[0] == results.open(run_file).count

@@ -23,7 +23,7 @@ import yaml
 
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.result import genome_key
 from qsx_batch.store import open_for_reading, read_table
 from qsx_batch.workload import default_workload_path, load_workload
@@ -297,7 +297,7 @@ def test_no_sbatch_suggests_explore(tmp_path, capsys, monkeypatch):
     assert main(["explore", str(write_workload(tmp_path)), "--output", str(run), "--skip-baseline"]) == 0
     assert main(["evaluate", str(run), "--index", "0", "--slurm"]) == 2
     assert "sbatch" in capsys.readouterr().err
-    assert "reevaluations" not in load_run(run).follow_ups  # nothing was written
+    assert "reevaluations" not in results.open(run).follow_ups  # nothing was written
 
 
 def test_unwritable_results_folder(slurm, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 from qsx_batch.cli import main
 from qsx_batch.plots import front_bits_figure, pareto_figure
-from qsx_batch.store import load_run
+from qsx_batch import results
 
 from conftest import tiny_workload_dict, write_workload
 
@@ -66,18 +66,18 @@ def test_plot_joint_run_draws_bits_and_sparsity_of_its_genes(joint_run, tmp_path
     assert main(["plot", str(joint_run), "--out", str(out), "--formats", "png"]) == 0
     _check_images(sorted(out.iterdir()), [f"joint-{n}.png" for n in ("pareto", "hypervolume", "front-bits",
                                                                       "front-sparsity")])
-    run = load_run(joint_run)
+    run = results.open(joint_run)
     columns = run.param_columns()
     assert [run.gene_names[i] for i in columns["weight_bits"]] == [f"{n}.weight.bits" for n in run.layer_names]
     assert [run.gene_names[i] for i in columns["threshold"]] == [f"{n}.input.threshold" for n in run.layer_names]
 
 
 def test_figures_carry_units_legend_title_and_the_front(quant_run):
-    run = load_run(quant_run)
+    run = results.open(quant_run)
     fig = pareto_figure(run)
     ax = fig.axes[0]
     assert ax.get_xlabel() == "bits_weighted_linear [bits]" and "[fraction of samples]" in ax.get_ylabel()
-    assert fig.get_suptitle().startswith(f"{run.attrs['workload_name']}: accuracy vs bits_weighted_linear")
+    assert fig.get_suptitle().startswith(f"{run.header.workload_name}: accuracy vs bits_weighted_linear")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "Pareto front" in legend and "fp32 accuracy" in legend
     front_line = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")

@@ -10,7 +10,7 @@ from qsx_batch.cli import main
 from qsx_batch.errors import UserError
 from qsx_batch.prepare import build_problem, prepare_evaluator
 from qsx_batch.racing import RaceContext, stage_sizes, wilson_interval
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.workload import load_workload
 
 from conftest import tiny_workload_dict, write_workload
@@ -52,7 +52,7 @@ def test_racing_run_matches_full_run_on_fully_evaluated_individuals(tmp_path):
         data["workload"]["exploration"]["racing"] = {"enabled": racing, "stages": [0.125, 0.5]}
         out = tmp_path / f"racing-{racing}.h5"
         assert main(["explore", str(write_workload(tmp_path, data, f"r{racing}.yaml")), "-o", str(out)]) == 0
-        runs[racing] = load_run(out)
+        runs[racing] = results.open(out)
     full, raced = runs[False].individuals, runs[True].individuals
     assert np.array_equal(full["genome"][:6], raced["genome"][:6])  # same first generation
     evaluator = prepare_evaluator(load_workload(tmp_path / "rTrue.yaml"), torch.device("cpu"))
@@ -112,6 +112,6 @@ def test_joint_problem_needs_discrete_thresholds(tmp_path):
 def test_joint_exploration_runs_end_to_end(tmp_path):
     out = tmp_path / "joint.h5"
     assert main(["explore", str(_joint_workload(tmp_path)), "-o", str(out)]) == 0
-    run = load_run(out)
-    assert run.attrs["problem"] == "joint_problem" and run.attrs["cost_name"] == "effective_bitops"
+    run = results.open(out)
+    assert run.header.problem == "joint_problem" and run.header.cost_name == "effective_bitops"
     assert run.individuals["params"].shape[1] == 15 and len(run.pareto()) >= 1

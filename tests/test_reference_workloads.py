@@ -14,7 +14,7 @@ import yaml
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
 from qsx_batch.prepare import build_problem, workload_device
-from qsx_batch.store import load_run
+from qsx_batch import results
 from qsx_batch.workload import load_workload
 
 CLASSES, PER_CLASS = 4, 6
@@ -86,7 +86,7 @@ def test_reference_layout_validates_and_explores(problem, image_folder, tmp_path
     assert main(["explore", str(path)]) == 0
     err = capsys.readouterr().err
     assert "results/quant/resnet18.h5" in err  # the .pkl results_file became HDF5, and it was said
-    run = load_run(tmp_path / "results/quant/resnet18.h5")
+    run = results.open(tmp_path / "results/quant/resnet18.h5")
     assert run.count >= 4 and set(run.individuals["status"]) == {"ok"}
     assert run.minimum_accuracy == pytest.approx(0.65)
     assert set(run.individuals["device"]) == {"cpu"}  # gpu_id -1
@@ -100,10 +100,10 @@ def test_reference_layout_validates_and_explores(problem, image_folder, tmp_path
         assert np.all(first[0] == 5) and np.all(first[1] == 10)
         assert run.individuals["params"][0] == pytest.approx(np.full(len(first[0]), 0.5 / 99))
         assert int(np.sum(run.individuals["generation"] == 0)) == 6
-        assert run.attrs["max_blocks_per_sample"] > 0
+        assert run.header.max_blocks_per_sample > 0
     else:
         assert (tmp_path / "results/resnet18_quant_calib.pkl").is_file()
-        assert run.attrs["cost_name"] == "bits_weighted_per_layer"
+        assert run.header.cost_name == "bits_weighted_per_layer"
 
 
 def test_allowable_accuracy_drop_is_a_fraction_of_the_baseline(quant_workload, tmp_path):
@@ -111,7 +111,7 @@ def test_allowable_accuracy_drop_is_a_fraction_of_the_baseline(quant_workload, t
     data["workload"]["exploration"]["allowable_accuracy_drop"] = 0.5
     path = write(tmp_path, data, "drop.yaml")
     assert main(["explore", str(path), "--output", str(tmp_path / "drop.h5")]) == 0
-    run = load_run(tmp_path / "drop.h5")
+    run = results.open(tmp_path / "drop.h5")
     fp32 = [a for lab, ds, a in zip(run.baseline["label"], run.baseline["dataset"], run.baseline["accuracy"])
             if lab == "fp32" and ds == "exploration"][0]
     assert run.minimum_accuracy == pytest.approx(fp32 * 0.5)
@@ -120,7 +120,7 @@ def test_allowable_accuracy_drop_is_a_fraction_of_the_baseline(quant_workload, t
     data["workload"]["exploration"]["allowable_absolute_accuracy_drop"] = 0.5
     path = write(tmp_path, data, "points.yaml")
     assert main(["explore", str(path), "--output", str(tmp_path / "points.h5"), "--skip-baseline"]) == 0
-    assert load_run(tmp_path / "points.h5").minimum_accuracy == pytest.approx(fp32 - 0.5)
+    assert results.open(tmp_path / "points.h5").minimum_accuracy == pytest.approx(fp32 - 0.5)
 
 
 def test_one_bound_per_metric(quant_workload, tmp_path, capsys):
@@ -130,17 +130,23 @@ def test_one_bound_per_metric(quant_workload, tmp_path, capsys):
     exploration["minimum_accuracy"] = [0.5, 0.9]
     data["workload"]["model"]["accuracy_function"] = "multihead_metric:top1_and_top5"
     assert main(["explore", str(write(tmp_path, data)), "--output", str(tmp_path / "two.h5"), "--skip-baseline"]) == 0
-    run = load_run(tmp_path / "two.h5")
+    run = results.open(tmp_path / "two.h5")
     ind = run.individuals
     top1 = ind["accuracy"]
     assert np.all(ind["status"] == "ok")
     # the constraint is the larger violation of the two bounds; top-5 >= top-1, so the 0.9 bound on top-5 and the
     # 0.5 bound on top-1 decide together
     assert np.all(ind["constraint"] >= 0.5 - top1 - 1e-12)
+    metrics = ind["metrics"]
+    assert run.header.metric_names == ["multihead_metric:top1_and_top5[0]", "multihead_metric:top1_and_top5[1]"]
+    assert np.array_equal(metrics[:, 0], top1) and np.all(metrics[:, 1] >= metrics[:, 0])
+    assert np.allclose(ind["constraint"], np.maximum(0.5 - metrics[:, 0], 0.9 - metrics[:, 1]))
 
     exploration["minimum_accuracy"] = [0.5, 0.9, 0.1]
     assert main(["explore", str(write(tmp_path, data)), "--output", str(tmp_path / "three.h5"),
                  "--skip-baseline"]) == 2
+    assert "3 bounds" in capsys.readouterr().err
+    assert main(["validate", str(write(tmp_path, data))]) == 2
     assert "3 bounds" in capsys.readouterr().err
 
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [row for row in job.rows if int(row) not in stored]
     on_slurm = args.slurm or bool(given_slurm_settings(args))
     executor = (_slurm_executor if on_slurm else _local_executor)(job, key, args) if todo else None
-    print(f"{'#':>5} {'accuracy':>9} {'re-evaluated':>13} {'samples':>8} {run.attrs['cost_name']:>20}  dataset {key}")
+    print(f"{'#':>5} {'accuracy':>9} {'re-evaluated':>13} {'samples':>8} {run.header.cost_name:>20}  dataset {key}")
     for row in job.rows:
         if int(row) in stored:
             accuracy, samples, cost = stored[int(row)]

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .. import results
 from ..errors import UserError
 from ..problems import Problem
 from ..selection import has_choice, selected_rows
-from ..store import RunData, load_run, run_workload
-from ..workload import Workload
+from ..workload import Workload, load_workload
 
 
 @dataclass
 class FollowUp:
     """A results file, its chosen rows and the workload they belong to."""
 
-    run: RunData
+    run: results.Run
     rows: np.ndarray
     workload: Workload
 
@@ -41,9 +40,8 @@ def load_followup(args: argparse.Namespace) -> FollowUp:
     """Read the results file and resolve the chosen individuals (a UserError when none are chosen)."""
     if not has_choice(args):
         raise UserError("Choose individuals: --top N (best by --by), --pareto, --index I ..., or --generation G.")
-    path = Path(args.results)
-    run = load_run(path)
+    run = results.open(args.results)
     rows = selected_rows(run, args)
     if not len(rows):
-        raise UserError(f"No individual of {path} matches the choice; see 'qsx-batch inspect {path}'.")
-    return FollowUp(run, rows, run_workload(path, args.workload))
+        raise UserError(f"No individual of {run.path} matches the choice; see 'qsx-batch inspect {run.path}'.")
+    return FollowUp(run, rows, load_workload(args.workload) if args.workload else run.workload)

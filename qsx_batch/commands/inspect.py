@@ -27,12 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .. import results
     from ..report import (follow_up_text, generations_text, individuals_text, summary_text, table_rows, write_csv,
                           write_json, write_tikz)
     from ..selection import has_choice, selected_rows
-    from ..store import load_run
 
-    run = load_run(Path(args.results))
+    run = results.open(args.results)
     chosen = has_choice(args)
     rows = selected_rows(run, args) if chosen else run.pareto()
     energy = None

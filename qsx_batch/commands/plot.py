@@ -21,11 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import results
     from ..errors import UserError
     from ..plots import plot_run
-    from ..store import load_run
 
-    run = load_run(Path(args.results))
+    run = results.open(args.results)
     out = Path(args.out) if args.out else run.path.with_name(run.path.stem + "-plots")
     try:
         paths = plot_run(run, out, args.formats, args.max_lines)

@@ -22,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import dataset_size
+    from ..errors import UserError
     from ..metrics import check_racing
-    from ..prepare import build_problem
+    from ..prepare import build_problem, metric_names
     from ..workload import dump_workload, load_workload
 
     workload = load_workload(args.workload)
@@ -31,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     problem = build_problem(workload, torch.device("cpu"), calibrate=False)  # model, weights, layers, settings
     for value in workload.spec.exploration.predefined_parameters:
         problem.uniform_genome(value)
+    bounds, names = workload.spec.exploration.minimum_accuracy, metric_names(workload, problem)
+    if isinstance(bounds, list) and len(bounds) != len(names):
+        raise UserError(f"Workload {workload.path}: exploration.minimum_accuracy has {len(bounds)} bounds, but "
+                        f"model.accuracy_function returns {len(names)} metric(s); give one bound per metric.")
     for key, block in workload.dataset_blocks().items():
         dataset_size(block, workload.input_path(block.path) if block.path else None, key)
     print(dump_workload(workload), end="")

@@ -1,21 +1,25 @@
-"""Reading results files: open them (also while a run writes them, or after it was killed), read tables, and
-load a whole run (:class:`RunData`) for reports, plots and follow-up commands."""
+"""Reading results files (format 2, and format 1 of earlier versions): open them, also while a run writes them
+or after it was killed, and read the run header and tables. :mod:`qsx_batch.results` builds on this."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
-from ..analysis import cumulative_hypervolume, pareto_mask, usable
 from ..errors import UserError
-from ..result import Status
-from ..workload import Workload, load_workload, parse_workload
-from .format import CORE_TABLES, FORMAT, FORMAT_VERSION, REEVALUATIONS
+from ..workload import Workload, parse_workload
+from .format import COST_UNIT, FORMAT, FORMAT_VERSION, OBJECTIVES, TABLE_COLUMNS, RunHeader
+
+if TYPE_CHECKING:
+    import pandas
 
 
 def open_for_reading(path: Path) -> h5py.File:
@@ -70,129 +74,126 @@ def open_results(path: Path) -> h5py.File:
     return f
 
 
+def stored_value(ds: h5py.Dataset) -> Any:
+    """The one value of a scalar dataset (format 2) or of a dataset of one element (format 1)."""
+    if ds.file.mode == "r":
+        ds.refresh()
+    return np.asarray(ds[()]).item()
+
+
 def table_count(group: h5py.Group) -> int:
     """Committed rows of a table (its ``count``; rows beyond it are spare or from a killed writer)."""
-    return int(group["count"][0])
+    return int(stored_value(group["count"]))
 
 
-def read_table(f: h5py.File, name: str) -> dict[str, np.ndarray]:
-    """Every column of a table, cut to its committed row count; strings decoded."""
+def is_scale(ds: h5py.Dataset) -> bool:
+    """Whether ``ds`` is an HDF5 dimension scale (``row``, ``gene``, ... of format 2), not data."""
+    return h5py.h5ds.is_scale(ds.id)
+
+
+def table_columns(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """The columns of a table: its datasets with one entry per row (not ``count``, not dimension scales)."""
+    return {name: ds for name, ds in group.items() if ds.maxshape[:1] == (None,) and not is_scale(ds)}
+
+
+def read_strings(ds: h5py.Dataset) -> list[str]:
+    """A dataset of text (fixed or variable length) as str."""
+    return [str(v) for v in ds.asstr()[()]]
+
+
+@dataclass(frozen=True, eq=False)
+class Table(Mapping[str, np.ndarray]):
+    """One table of a results file: its committed rows by column (numpy arrays; text as arrays of str), with each
+    column's description, units and the labels along its second axis (gene, layer or objective names)."""
+
+    name: str
+    rows: int
+    columns: dict[str, np.ndarray]
+    descriptions: dict[str, str]
+    units: dict[str, str]
+    labels: dict[str, list[str]]
+
+    def __getitem__(self, column: str) -> np.ndarray:
+        return self.columns[column]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        """The table as a DataFrame indexed by row; a column with a second axis becomes one column per label,
+        ``params[conv1.weight]``, ``blocks_created[fc1]``. Needs pandas (``pip install 'qsx-batch[pandas]'``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UserError("to_pandas() needs pandas, an optional extra of qsx-batch: pip install "
+                            "'qsx-batch[pandas]' (or pip install pandas).") from None
+        data: dict[str, np.ndarray] = {}
+        for name, values in self.columns.items():
+            if values.ndim == 1:
+                data[name] = values
+            else:
+                labels = self.labels.get(name) or range(values.shape[1])
+                data.update({f"{name}[{label}]": values[:, i] for i, label in enumerate(labels)})
+        return pd.DataFrame(data, index=pd.RangeIndex(self.rows, name="row"))
+
+
+def read_table(f: h5py.File, name: str) -> Table:
+    """Every column of a table, cut to its committed row count (text decoded), in the layout's order, with the
+    meaning of each column."""
     group = f[name]
-    if f.mode == "r":
-        group["count"].refresh()
     count = table_count(group)
-    out = {}
-    for key, ds in group.items():
-        if key == "count":
-            continue
+    layout = TABLE_COLUMNS.get(name, {})
+    order = {key: i for i, key in enumerate(layout)}
+    columns = {}
+    for key, ds in sorted(table_columns(group).items(), key=lambda item: order.get(item[0], len(order))):
         if f.mode == "r":
             ds.refresh()
-        data = ds[:count]
-        if h5py.check_string_dtype(ds.dtype):
-            data = np.array([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
-        out[key] = data
-    return out
+        columns[key] = ds.asstr()[:count] if h5py.check_string_dtype(ds.dtype) else ds[:count]
+    known = {key: column for key, column in layout.items() if key in columns}
+    axes = {"gene": read_strings(f["genes/names"]), "layer": read_strings(f["layers/names"]),
+            "objective": list(OBJECTIVES)}
+    cost_unit = str(f.attrs["cost_unit"])
+    return Table(
+        name=name, rows=count, columns=columns,
+        descriptions={key: column.description for key, column in known.items()},
+        units={key: cost_unit if column.units == COST_UNIT else column.units
+               for key, column in known.items() if column.units},
+        labels={key: axes[column.axis] for key, column in known.items() if column.axis in axes})
 
 
-def read_strings(f: h5py.File, name: str) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]
+def table_names(f: h5py.File) -> list[str]:
+    """The tables of a results file: its groups with a ``count``."""
+    return [name for name, obj in f.items() if isinstance(obj, h5py.Group) and "count" in obj]
 
 
-def stored_workload(f: h5py.File, path: Path) -> Workload:
-    """The workload stored in an open results file ``path``; relative inputs resolve against the workload file's
-    original folder."""
-    text = f.attrs.get("workload_yaml")
-    if not text:
+def read_header(f: h5py.File) -> RunHeader:
+    """The run header of an open results file."""
+    a = f.attrs
+    return RunHeader(
+        workload_name=str(a["workload_name"]), workload_sha256=str(a["workload_sha256"]),
+        workload_yaml=str(a.get("workload_yaml", "")), workload_path=str(a.get("workload_path", "")),
+        problem=str(a["problem"]), seed=int(a["seed"]), cost_name=str(a["cost_name"]),
+        cost_unit=str(a["cost_unit"]), maximize_cost=bool(a["maximize_cost"]), integer=bool(a["integer"]),
+        gene_names=read_strings(f["genes/names"]), lower=f["genes/lower"][()], upper=f["genes/upper"][()],
+        layer_names=read_strings(f["layers/names"]), layer_kinds=read_strings(f["layers/kinds"]),
+        layer_params=[int(v) for v in f["layers/params"][()]], layer_macs=[int(v) for v in f["layers/macs"][()]],
+        layer_input_shapes=read_strings(f["layers/input_shapes"]),
+        pop_size=int(f["generations/population"].shape[1]), versions=json.loads(a["versions"]),
+        worst_cost=float(a["worst_cost"]), max_blocks_per_sample=float(a["max_blocks_per_sample"]),
+        metric_names=json.loads(a.get("metric_names", '["classification_accuracy"]')))
+
+
+def minimum_accuracy(f: h5py.File) -> float:
+    """The run's accuracy constraint (NaN: unconstrained, or not known yet)."""
+    return float(stored_value(f["run/minimum_accuracy"]))
+
+
+def stored_workload(header: RunHeader, path: Path) -> Workload:
+    """The workload stored in results file ``path``; relative inputs resolve against the workload file's original
+    folder."""
+    if not header.workload_yaml:
         raise UserError(f"{path} holds no workload text; is it a qsx-batch results file?")
-    return parse_workload(text, Path(str(f.attrs.get("workload_path", path))))
-
-
-def run_workload(path: Path, override: str | None = None) -> Workload:
-    """The workload a run was made with: the file ``override`` if given, else the text stored in ``path``."""
-    if override:
-        return load_workload(override)
-    with open_results(path) as f:
-        return stored_workload(f, path)
-
-
-@dataclass
-class RunData:
-    """Everything a report needs from a results file, read in one go."""
-
-    path: Path
-    attrs: dict
-    gene_names: list[str]
-    layer_names: list[str]
-    individuals: dict[str, np.ndarray]
-    baseline: dict[str, np.ndarray]
-    generations: dict[str, np.ndarray]
-    minimum_accuracy: float
-    follow_ups: dict[str, dict[str, np.ndarray]]
-
-    @property
-    def count(self) -> int:
-        return len(self.individuals["accuracy"])
-
-    @property
-    def bits(self) -> bool:
-        """Whether the parameters are bit widths (quantization problems) rather than thresholds."""
-        return not bool(self.attrs["maximize_cost"])
-
-    def param_columns(self) -> dict[str, np.ndarray]:
-        """Columns of ``params`` by kind, one per layer: ``input_bits`` and ``weight_bits`` (quantizing runs),
-        ``threshold`` (sparsity and joint runs); found by gene name."""
-        def pick(*suffixes: str) -> np.ndarray:
-            return np.array([i for i, name in enumerate(self.gene_names) if name.endswith(suffixes)], dtype=int)
-
-        if not self.bits:
-            return {"threshold": pick(".input")}
-        columns = {"input_bits": pick(".input", ".input.bits"), "weight_bits": pick(".weight", ".weight.bits")}
-        thresholds = pick(".threshold")
-        return {**columns, "threshold": thresholds} if len(thresholds) else columns
-
-    @property
-    def cost_label(self) -> str:
-        """The cost axis name with its unit, e.g. ``bits_weighted_linear [bits]``."""
-        return f"{self.attrs['cost_name']} [{self.attrs['cost_unit']}]"
-
-    def pareto(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Row indices of the Pareto front of the usable individuals among ``rows`` (default all), by cost."""
-        ind = self.individuals
-        mask = usable(ind["constraint"], ind["status"])
-        if rows is not None:
-            mask &= np.isin(np.arange(self.count), rows)
-        front = np.flatnonzero(pareto_mask(ind["objectives"], bool(self.attrs["maximize_cost"]), mask))
-        return front[np.argsort(ind["cost"][front], kind="stable")]
-
-    @property
-    def front_step(self) -> str:
-        """Which side a step line through the cost-sorted front holds its value (pgfplots/matplotlib naming)."""
-        return "right" if bool(self.attrs["maximize_cost"]) else "left"
-
-    def cumulative_hypervolume(self) -> np.ndarray:
-        """Per stored generation: hypervolume of every individual evaluated up to it."""
-        ind = self.individuals
-        return cumulative_hypervolume(ind["objectives"], ind["constraint"], ind["status"], ind["generation"],
-                                      self.attrs, len(self.generations["evaluated"]))
-
-    def reevaluated(self, dataset: str) -> dict[int, tuple[float, int, float]]:
-        """Individual -> (accuracy, samples, cost) of the individuals re-evaluated ok on ``dataset`` (dotted key)."""
-        table = self.follow_ups.get(REEVALUATIONS)
-        if not table:
-            return {}
-        return {int(table["individual"][i]): (table["accuracy"][i], table["samples"][i], table["cost"][i])
-                for i in range(len(table["individual"]))
-                if table["dataset"][i] == dataset and table["status"][i] == Status.OK}
-
-
-def load_run(path: Path) -> RunData:
-    """Read a results file (also one still being written); follow-up tables come along."""
-    with open_results(path) as f:
-        follow_ups = {name: read_table(f, name) for name in f
-                      if name not in CORE_TABLES and isinstance(f[name], h5py.Group) and "count" in f[name]}
-        return RunData(
-            path=Path(path), attrs=dict(f.attrs), gene_names=read_strings(f, "genes/names"),
-            layer_names=read_strings(f, "layers/names"), individuals=read_table(f, "individuals"),
-            baseline=read_table(f, "baseline"), generations=read_table(f, "generations"),
-            minimum_accuracy=float(f["run/minimum_accuracy"][0]), follow_ups=follow_ups,
-        )
+    return parse_workload(header.workload_yaml, Path(header.workload_path or path))

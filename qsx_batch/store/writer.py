@@ -24,56 +24,141 @@ import numpy as np
 from ..errors import UserError
 from ..result import IndividualResult
 from ..workload import Workload
-from .format import (BASELINE_COLUMNS, COLUMNS, FOLLOW_UP_COLUMNS, FORMAT, FORMAT_VERSION, GENERATION_COLUMNS,
-                     GROW_ROWS, STR, RunHeader)
-from .reader import check_format, read_table, stored_workload, table_count
+from .format import (AXES, CORE_TABLES, COST_UNIT, COUNT, FOLLOW_UP_COLUMNS, FORMAT, FORMAT_VERSION, GENE_COLUMNS,
+                     GROW_ROWS, LAYER_COLUMNS, LIBVER, MINIMUM_ACCURACY, OBJECTIVES, TABLE_COLUMNS, Column, RunHeader)
+from .reader import (Table, check_format, is_scale, minimum_accuracy, read_header, read_table, stored_workload,
+                     table_columns, table_count)
+
+NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."  # netCDF-4's name of a plain dimension
+SCALE_ATTRIBUTES = {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "DIMENSION_LABELS"}  # H5DS bookkeeping
+TEXT_COMPRESSION = {"compression": "gzip", "compression_opts": 1}  # fixed-width text is mostly padding
 
 
-def _create_table(group: h5py.Group, columns: dict, widths: dict[str, int]) -> None:
-    for name, (dtype, width) in columns.items():
-        shape = () if width is None else (widths[width] if isinstance(width, str) else width,)
-        group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                             chunks=(64, *shape), fillvalue=None if dtype is STR else 0)
-    group.create_dataset("count", shape=(1,), dtype="i8", data=[0])
+def _fit_text(text: Any, width: int) -> bytes:
+    """``text`` as UTF-8 of at most ``width`` bytes, cut at a character boundary."""
+    return str(text).encode()[:width].decode("utf-8", "ignore").encode()
+
+
+def _describe(ds: h5py.Dataset, column: Column, cost_unit: str) -> None:
+    ds.attrs["description"] = column.description
+    units = cost_unit if column.units == COST_UNIT else column.units
+    if units:
+        ds.attrs["units"] = units
+    if column.dtype == "str":
+        ds.attrs["_Encoding"] = "utf-8"  # netCDF/xarray convention: decode this fixed-width text as UTF-8
+
+
+def _scale(group: h5py.Group, name: str, size: int | list[str], rows: bool = False) -> h5py.Dataset:
+    """A dimension scale: the names along an axis (xarray shows them as coordinates), or for a size a plain
+    dimension without values; ``rows``: the growing row axis of a table."""
+    if isinstance(size, int):
+        column = Column("f4", AXES[name])
+        ds = group.create_dataset(name, shape=(size,), dtype=column.dtype, maxshape=(None,) if rows else (size,),
+                                  chunks=(GROW_ROWS,) if rows else None)
+        ds.make_scale(f"{NOT_A_VARIABLE}{size:>10}")
+    else:
+        column = Column("str", AXES[name])
+        ds = group.create_dataset(name, data=[v.encode() for v in size], dtype=column.h5_dtype(size))
+        ds.make_scale(name)
+    _describe(ds, column, "")
+    return ds
+
+
+def _drop_back_references(group: h5py.Group) -> None:
+    """Delete the REFERENCE_LIST that HDF5 writes into a dimension scale when a dataset attaches to it: PyTables
+    (3.11 and before) cannot load a node that carries one (KeyError 'Reference'). The links readers follow (each
+    dataset's DIMENSION_LIST) stay; only H5DS's own bookkeeping (H5DSis_attached, H5DSdetach_scale) misses them."""
+    for ds in group.values():
+        if isinstance(ds, h5py.Dataset) and "REFERENCE_LIST" in ds.attrs:
+            del ds.attrs["REFERENCE_LIST"]
+
+
+def _create_table(group: h5py.Group, columns: dict[str, Column], axes: dict[str, int | list[str]],
+                  cost_unit: str) -> None:
+    """An empty table: described columns on the dimension scales ``row`` and ``axes``, and ``count``."""
+    row = _scale(group, "row", 0, rows=True)
+    scales: dict[str, h5py.Dataset] = {}
+    for name, column in columns.items():
+        if column.axis is not None and column.axis not in scales:
+            scales[column.axis] = _scale(group, column.axis, axes[column.axis])
+        width = () if column.axis is None else scales[column.axis].shape
+        ds = group.create_dataset(name, shape=(0, *width), maxshape=(None, *width), chunks=(GROW_ROWS, *width),
+                                  dtype=column.h5_dtype(), **(TEXT_COMPRESSION if column.dtype == "str" else {}))
+        _describe(ds, column, cost_unit)
+        ds.dims[0].attach_scale(row)
+        if column.axis is not None:
+            ds.dims[1].attach_scale(scales[column.axis])
+    _describe(group.create_dataset("count", data=0, dtype="i8"), COUNT, cost_unit)
+    _drop_back_references(group)
+
+
+def _create_facts(group: h5py.Group, axis: str, columns: dict[str, Column], values: dict[str, Any]) -> None:
+    """Datasets of one value per gene or per layer, described, on the plain dimension ``axis``."""
+    scale = _scale(group, axis, len(values["names"]))
+    for name, column in columns.items():
+        data = values[name]
+        if column.dtype == "str":
+            data = [v.encode() for v in data]
+        ds = group.create_dataset(name, data=data, dtype=column.h5_dtype(values[name]))
+        _describe(ds, column, "")
+        ds.dims[0].attach_scale(scale)
+    _drop_back_references(group)
+
+
+def _axes(header: RunHeader) -> dict[str, int | list[str]]:
+    return {"gene": header.gene_names, "layer": header.layer_names, "objective": list(OBJECTIVES),
+            "member": header.pop_size, "metric": header.metric_names}
 
 
 class _Table:
     """Appends rows to one table: column datasets looked up once and grown ``GROW_ROWS`` rows (one chunk) at a
-    time, so an append is one write per column; :meth:`trim` cuts the columns back to the committed rows."""
+    time, with the ``row`` scale, so an append is one write per column; :meth:`trim` cuts them back to the
+    committed rows."""
 
     def __init__(self, group: h5py.Group):
         self.count = group["count"]
-        self.columns = {name: ds for name, ds in group.items() if name != "count"}
-        self.rows = int(self.count[0])
+        self.columns = table_columns(group)
+        self.growing = list(self.columns.values()) + ([group["row"]] if "row" in group else [])
+        self.text_widths = {name: info.length - 1 for name, ds in self.columns.items()  # less the null
+                            if (info := h5py.check_string_dtype(ds.dtype)) and info.length}  # format 1: none
+        self.rows = table_count(group)
         self.capacity = min((ds.shape[0] for ds in self.columns.values()), default=0)
+
+    def _resize(self, rows: int) -> None:
+        for ds in self.growing:
+            if ds.shape[0] != rows:
+                ds.resize(rows, axis=0)
+        self.capacity = rows
 
     def append(self, row: dict[str, Any]) -> int:
         """Write one row into every column and flush, then bump ``count`` (the commit point) and flush: a
-        committed row's data (variable-length strings included) is on disk before ``count`` says it exists."""
+        committed row's data is on disk before ``count`` says it exists. Columns the table lacks (a file of an
+        older format) are left out; a vector shorter than its column is padded with NaN."""
         index = self.rows
         if index >= self.capacity:
-            self.capacity = index + GROW_ROWS
-            for ds in self.columns.values():
-                ds.resize(self.capacity, axis=0)
+            self._resize(index + GROW_ROWS)
         for name, value in row.items():
-            self.columns[name][index] = value.value if isinstance(value, Enum) else value
+            if name not in self.columns:
+                continue
+            value = value.value if isinstance(value, Enum) else value
+            if self.columns[name].ndim == 2 and np.ndim(value) == 1 and len(value) < self.columns[name].shape[1]:
+                value = np.concatenate([value, np.full(self.columns[name].shape[1] - len(value), np.nan)])
+            self.columns[name][index] = _fit_text(value, self.text_widths[name]) if name in self.text_widths else value
         self.count.file.flush()
-        self.count[0] = index + 1
+        self.count[...] = index + 1
         self.count.file.flush()
         self.rows = index + 1
         return index
 
     def trim(self) -> None:
         """Cut every column to the committed rows (rows beyond ``count`` are spare or from a killed writer)."""
-        for ds in self.columns.values():
-            if ds.shape[0] != self.rows:
-                ds.resize(self.rows, axis=0)
-        self.capacity = self.rows
+        self._resize(self.rows)
 
 
 def _result_row(result: IndividualResult, generation: int, fitness: tuple, constraint: float, attempt: int) -> dict:
     return {
-        "genome": result.genome, "params": result.params, "accuracy": result.accuracy, "correct": result.correct,
+        "genome": result.genome, "params": result.params, "accuracy": result.accuracy, "metrics": result.metrics,
+        "correct": result.correct,
         "samples": result.samples, "cost": result.cost, "objectives": (result.accuracy, result.cost),
         "fitness": fitness, "constraint": constraint, "blocks_total": result.blocks_total,
         "blocks_already": result.blocks_already, "blocks_created": result.blocks_created,
@@ -94,6 +179,7 @@ class ResultsWriter:
         self.file = file
         self._lock_fd = lock_fd
         self._tables: dict[str, _Table] = {}
+        self.header = read_header(file)
 
     def _table(self, name: str) -> _Table:
         if name not in self._tables:
@@ -101,23 +187,18 @@ class ResultsWriter:
         return self._tables[name]
 
     # -- reading ----------------------------------------------------------------------------------------------
-    @property
-    def attrs(self) -> dict:
-        """The run's header attributes (workload, problem, cost, seed, versions)."""
-        return dict(self.file.attrs)
-
-    def read(self, table: str) -> dict[str, np.ndarray]:
+    def read(self, table: str) -> Table:
         """Every committed row of a table, by column."""
         return read_table(self.file, table)
 
     def minimum_accuracy(self) -> float | None:
         """The run's accuracy constraint, once known (None: unconstrained or not set yet)."""
-        value = float(self.file["run/minimum_accuracy"][0])
+        value = minimum_accuracy(self.file)
         return None if np.isnan(value) else value
 
     def workload(self) -> Workload:
         """The workload stored in the file."""
-        return stored_workload(self.file, self.path)
+        return stored_workload(self.header, self.path)
 
     # -- writing -------------------------------------------------------------------------------------------
     def append_individual(self, result: IndividualResult, generation: int, fitness: tuple, constraint: float,
@@ -131,12 +212,12 @@ class ResultsWriter:
         return self._table("baseline").append(row)
 
     def set_minimum_accuracy(self, value: float) -> None:
-        self.file["run/minimum_accuracy"][0] = value
+        self.file["run/minimum_accuracy"][...] = value
         self.file.flush()
 
     def append_generation(self, population: list[int], evaluated: int, eval_seconds: float, samples: int,
                           hypervolume: float) -> int:
-        width = self.file["generations/population"].shape[1]
+        width = self.header.pop_size
         pop = np.full(width, -1, dtype=np.int64)
         pop[: len(population)] = population[:width]
         return self._table("generations").append({
@@ -148,8 +229,8 @@ class ResultsWriter:
         """Append and flush one row of a follow-up table (format.FOLLOW_UP_COLUMNS), created on first use
         (needs a writer opened with swmr=False)."""
         if table not in self.file:
-            widths = {"genes": len(self.file["genes/names"]), "layers": len(self.file["layers/names"])}
-            _create_table(self.file.create_group(table), FOLLOW_UP_COLUMNS[table], widths)
+            _create_table(self.file.create_group(table), FOLLOW_UP_COLUMNS[table], _axes(self.header),
+                          self.header.cost_unit)
         return self._table(table).append(row)
 
     def close(self) -> None:
@@ -199,35 +280,27 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
     lock_fd = _lock(path)
     building = path.with_name(path.name + ".new")  # readers never see a file before SWMR mode is on
     try:
-        f = h5py.File(building, "w", libver="latest")
+        f = h5py.File(building, "w", libver=LIBVER)
     except OSError as exc:
         _unlock(path, lock_fd)
         raise UserError(f"Cannot create results file {path}: {exc}.") from None
-    attrs = {
+    f.attrs.update({  # str, int and float only: every HDF5 reader (netCDF too) reads these types
         "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.time(),
         "workload_name": header.workload_name, "workload_sha256": header.workload_sha256,
-        "workload_yaml": header.workload_yaml, "workload_path": header.workload_path, "problem": header.problem, "seed": header.seed,
-        "cost_name": header.cost_name, "cost_unit": header.cost_unit, "maximize_cost": header.maximize_cost,
-        "integer": header.integer, "versions": json.dumps(header.versions), "worst_cost": header.worst_cost,
-        "max_blocks_per_sample": header.max_blocks_per_sample,
-    }
-    f.attrs.update(attrs)
-    genes = f.create_group("genes")
-    genes.create_dataset("names", data=header.gene_names, dtype=STR)
-    genes.create_dataset("lower", data=header.lower)
-    genes.create_dataset("upper", data=header.upper)
-    layers = f.create_group("layers")
-    layers.create_dataset("names", data=header.layer_names, dtype=STR)
-    layers.create_dataset("kinds", data=header.layer_kinds, dtype=STR)
-    layers.create_dataset("params", data=np.asarray(header.layer_params, dtype=np.int64))
-    layers.create_dataset("macs", data=np.asarray(header.layer_macs, dtype=np.int64))
-    layers.create_dataset("input_shapes", data=header.layer_input_shapes, dtype=STR)
-    run = f.create_group("run")
-    run.create_dataset("minimum_accuracy", shape=(1,), dtype="f8", data=[np.nan])
-    widths = {"genes": len(header.gene_names), "layers": len(header.layer_names), "pop": header.pop_size}
-    _create_table(f.create_group("individuals"), COLUMNS, widths)
-    _create_table(f.create_group("baseline"), BASELINE_COLUMNS, widths)
-    _create_table(f.create_group("generations"), GENERATION_COLUMNS, widths)
+        "workload_yaml": header.workload_yaml, "workload_path": header.workload_path, "problem": header.problem,
+        "seed": header.seed, "cost_name": header.cost_name, "cost_unit": header.cost_unit,
+        "maximize_cost": int(header.maximize_cost), "integer": int(header.integer),
+        "versions": json.dumps(header.versions), "worst_cost": header.worst_cost,
+        "max_blocks_per_sample": header.max_blocks_per_sample, "metric_names": json.dumps(header.metric_names),
+    })
+    _create_facts(f.create_group("genes"), "gene", GENE_COLUMNS,
+                  {"names": header.gene_names, "lower": header.lower, "upper": header.upper})
+    _create_facts(f.create_group("layers"), "layer", LAYER_COLUMNS,
+                  {"names": header.layer_names, "kinds": header.layer_kinds, "params": header.layer_params,
+                   "macs": header.layer_macs, "input_shapes": header.layer_input_shapes})
+    _describe(f.create_group("run").create_dataset("minimum_accuracy", data=np.nan, dtype="f8"), MINIMUM_ACCURACY, "")
+    for name in CORE_TABLES:
+        _create_table(f.create_group(name), TABLE_COLUMNS[name], _axes(header), header.cost_unit)
     f.swmr_mode = True
     os.replace(building, path)
     return ResultsWriter(path, f, lock_fd)
@@ -235,23 +308,35 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
 
 def _copy_committed(src: h5py.Group, dst: h5py.Group) -> None:
     """Copy a group; of a table (a group with ``count``) only the committed rows, which a killed writer left
-    intact (rows beyond ``count`` may reference data that never reached the disk)."""
-    dst.attrs.update(dict(src.attrs))
-    count = table_count(src) if "count" in src else None
+    intact (rows beyond ``count`` may reference data that never reached the disk). Dimension scales are made
+    anew in ``dst`` (references point into one file only)."""
+    dst.attrs.update({k: v for k, v in src.attrs.items() if k not in SCALE_ATTRIBUTES})
+    rows = table_count(src) if "count" in src else None
     for key, obj in src.items():
         if isinstance(obj, h5py.Group):
             _copy_committed(obj, dst.create_group(key))
-        elif count is None or key == "count":
-            src.copy(obj, dst, name=key)
-        else:
-            dst.create_dataset(key, data=obj[:count], maxshape=(None, *obj.shape[1:]), chunks=obj.chunks,
-                               dtype=obj.dtype)
+            continue
+        grows = rows is not None and obj.maxshape[:1] == (None,)  # a column or the row scale
+        layout = {"maxshape": obj.maxshape, "chunks": obj.chunks, "compression": obj.compression,
+                  "compression_opts": obj.compression_opts} if obj.chunks else {}
+        copy = dst.create_dataset(key, data=obj[:rows] if grows else obj[()], dtype=h5py.Datatype(obj.id.get_type()),
+                                  **layout)
+        copy.attrs.update({k: v for k, v in obj.attrs.items() if k not in SCALE_ATTRIBUTES})
+    for key, obj in src.items():
+        if isinstance(obj, h5py.Dataset) and is_scale(obj):
+            dst[key].make_scale(h5py.h5ds.get_scale_name(obj.id).decode())
+    for key, obj in src.items():
+        if isinstance(obj, h5py.Dataset):
+            for axis, scales in enumerate(obj.dims):
+                for scale in scales.values():
+                    dst[key].dims[axis].attach_scale(dst[scale.name.rsplit("/", 1)[-1]])
+    _drop_back_references(dst)
 
 
 def _copy_clean(path: Path) -> None:
     """Rewrite a file left open-for-write by a killed writer into a clean one (atomic replace)."""
     tmp = path.with_name(path.name + ".recover")
-    with h5py.File(path, "r", libver="latest", swmr=True) as src, h5py.File(tmp, "w", libver="latest") as dst:
+    with h5py.File(path, "r", libver="latest", swmr=True) as src, h5py.File(tmp, "w", libver=LIBVER) as dst:
         _copy_committed(src, dst)
     os.replace(tmp, path)
 
@@ -266,12 +351,12 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
     lock_fd = _lock(path)
     try:
         try:
-            f = h5py.File(path, "a", libver="latest")
+            f = h5py.File(path, "a", libver=LIBVER)
         except OSError as exc:
             if "already open for write" not in str(exc):
                 raise
             _copy_clean(path)
-            f = h5py.File(path, "a", libver="latest")
+            f = h5py.File(path, "a", libver=LIBVER)
     except OSError as exc:
         _unlock(path, lock_fd)
         raise UserError(f"Cannot open results file {path} for writing ({exc}); is it a qsx-batch results file?") from None
@@ -281,7 +366,7 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
         f.close()
         _unlock(path, lock_fd)
         raise
-    for table in ("individuals", "baseline", "generations"):
+    for table in CORE_TABLES:
         _Table(f[table]).trim()
     if swmr:
         f.swmr_mode = True
