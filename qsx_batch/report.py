@@ -50,20 +50,27 @@ def summary_text(run: Run) -> str:
 
 
 def individuals_text(run: Run, rows: np.ndarray, title: str, energy: np.ndarray | None = None) -> str:
-    """One line per individual: row, generation, accuracy, cost, [energy], parameters (or the error)."""
+    """One line per individual: row, generation, accuracy, [re-evaluated accuracy], cost, [energy], parameters
+    (or the error)."""
     ind = run.individuals
     kinds = run.param_columns()
     header = ("bits per quantizer, then threshold per layer input" if "threshold" in kinds else "bits per quantizer") \
         if run.bits else "threshold per layer input"
-    energy_head = f" {'energy_uJ':>10}" if energy is not None else ""
-    lines = [f"{title} ({len(rows)} individuals; {header}: {' '.join(run.gene_names)})",
-             f"  {'#':>5} {'gen':>4} {'accuracy':>9} {run.header.cost_name:>20}{energy_head}  parameters"]
+    again, dataset = run.reevaluated_accuracy()
+    lines = [f"{title} ({len(rows)} individuals; {header}: {' '.join(run.gene_names)})"]
+    if dataset:
+        lines.append(f"  accuracy: on the exploration data the search chose by; re-evaluated: on {dataset}")
+    lines.append(f"  {'#':>5} {'gen':>4} {'accuracy':>9}" + (f" {'re-evaluated':>12}" if dataset else "")
+                 + f" {run.header.cost_name:>20}" + (f" {'energy_uJ':>10}" if energy is not None else "")
+                 + "  parameters")
     for row in rows:
-        extra = f" {energy[row]:>10.4g}" if energy is not None else ""
+        cells = f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f}"
+        if dataset:
+            cells += f" {again[row]:>12.4f}" if np.isfinite(again[row]) else f" {'-':>12}"
+        cells += f" {ind['cost'][row]:>20.6g}" + (f" {energy[row]:>10.4g}" if energy is not None else "")
         tail = format_params(ind["params"][row], run.bits) if ind["status"][row] == Status.OK else \
             f"[{ind['status'][row]}: {ind['error'][row]}]"
-        lines.append(f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f} "
-                     f"{ind['cost'][row]:>20.6g}{extra}  {tail}")
+        lines.append(f"{cells}  {tail}")
     return "\n".join(lines)
 
 
@@ -94,14 +101,18 @@ def follow_up_text(run: Run) -> str:
 
 
 def table_rows(run: Run, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:
-    """One flat dict per individual: scores, per-gene parameters and per-layer block counts."""
+    """One flat dict per individual: scores (with the re-evaluated accuracy, NaN where none, when the run has
+    re-evaluations), per-gene parameters and per-layer block counts."""
     ind, out = run.individuals, []
+    again, dataset = run.reevaluated_accuracy()
     for row in rows:
         record = {
             "index": int(row), "generation": int(ind["generation"][row]), "status": ind["status"][row],
             "accuracy": float(ind["accuracy"][row]), "cost": float(ind["cost"][row]),
             "constraint": float(ind["constraint"][row]), "eval_seconds": float(ind["eval_seconds"][row]),
         }
+        if dataset:
+            record["reevaluated_accuracy"] = float(again[row])
         if energy is not None:
             record["energy_uj"] = float(energy[row])
         record.update({name: float(v) for name, v in zip(run.gene_names, ind["params"][row])})

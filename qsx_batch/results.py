@@ -130,6 +130,21 @@ class Run:
                 for i in range(table.rows) if table["dataset"][i] == dataset and table["status"][i] == Status.OK}
 
 
+    def reevaluated_accuracy(self) -> tuple[np.ndarray, str]:
+        """Per individual, the accuracy of its re-evaluation (NaN where there is none), and the dataset it was
+        re-evaluated on: ``reevaluation.datasets.reevaluate`` when the run has re-evaluations there, else the
+        dataset of the last one ('' when the run has none)."""
+        table = self.follow_ups.get(REEVALUATIONS)
+        out = np.full(self.count, np.nan)
+        if table is None or not table.rows:
+            return out, ""
+        preferred = "reevaluation.datasets.reevaluate"
+        dataset = preferred if preferred in set(table["dataset"]) else str(table["dataset"][-1])
+        for row, (accuracy, _, _) in self.reevaluated(dataset).items():
+            out[row] = accuracy
+        return out, dataset
+
+
 def open(path: str | Path) -> Run:  # noqa: A001  (results.open, like io.open)
     """Read a results file (format 1 or 2; also one a run is still writing, or left by a killed run)."""
     with open_results(Path(path)) as f:

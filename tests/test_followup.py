@@ -71,6 +71,12 @@ def test_evaluate_reproduces_stored_accuracy_and_links_individuals(quant, tmp_pa
     assert np.all(table["samples"][full] == 1000)
     assert np.allclose(table["correct"][full] / 1000, table["accuracy"][full])
     assert "re-evaluated" in printed
+    assert main(["inspect", str(copy), "--pareto"]) == 0  # the re-evaluated accuracy beside the search's
+    shown = capsys.readouterr().out
+    assert "re-evaluated: on reevaluation.datasets.reevaluate" in shown
+    for row, accuracy in zip(table["individual"][full], table["accuracy"][full]):
+        assert any(line.split()[:4] == [str(row), str(ind["generation"][row]), f"{ind['accuracy'][row]:.4f}",
+                                        f"{accuracy:.4f}"] for line in shown.splitlines())
     # the follow-up table does not stop a run from being resumed or read
     assert main(["explore", "--resume", str(copy)]) == 0
     assert results.open(copy).count == run.count
