@@ -18,24 +18,40 @@ from .prepare import metric_names
 from .problems import Problem
 from .search import Search, SearchOptions, run_header
 from .store import ResultsWriter, create_results, open_for_append
-from .workload import Workload, load_workload
+from .workload import Workload, differing_keys, load_workload
 
 
-def open_resumed(path: Path, workload_file: str | None = None) -> tuple[Workload, ResultsWriter]:
-    """Reopen a stopped or killed run for appending (its file is opened once) with its workload: the one stored
-    in the file, or ``workload_file``, which must have the very same text."""
+def open_resumed(path: Path, workload_file: str | None = None,
+                 generations: int | None = None) -> tuple[Workload, ResultsWriter]:
+    """Reopen a stopped, killed or finished run for appending (its file is opened once) with its workload: the
+    one stored in the file, or ``workload_file``, which may differ from it only in ``exploration.nsga.generations``.
+    ``generations`` (or that different value) extends or continues the run to that many generations."""
     writer = open_for_append(path)
     with closed_on_failure(writer):
-        if workload_file is None:
-            return writer.workload(), writer
-        workload = load_workload(workload_file)
-        if workload.sha256 != writer.header.workload_sha256:
-            raise UserError(
-                f"Results file {path} was written for a different workload (its workload text differs from "
-                f"{workload.path}). Resume it with the workload stored in it (omit the workload argument) or "
-                "start a new run."
-            )
-        return workload, writer
+        stored = writer.workload()
+        workload = stored
+        if workload_file is not None:
+            given = load_workload(workload_file)
+            changed = [key for key in differing_keys(stored.spec, given.spec)
+                       if key not in ("exploration.nsga.generations", "results")]
+            if changed:
+                raise UserError(
+                    f"Results file {path} was written for a different workload: {given.path} differs from the "
+                    f"workload stored in it in {', '.join(changed)}. Only exploration.nsga.generations may change "
+                    "(or use --generations); resume with the stored workload (omit the workload argument) or start "
+                    "a new run.")
+            generations = generations or given.spec.exploration.nsga.generations
+        return (workload if generations is None else workload.with_generations(generations)), writer
+
+
+def run_workload(workload_file: str | None, resume: Path | None,
+                 generations: int | None) -> tuple[Workload, ResultsWriter | None]:
+    """The workload of a new run (``workload_file``, default the embedded one) or of the resumed results file
+    (:func:`open_resumed`, which also returns its writer), run for ``generations`` when given."""
+    if resume is not None:
+        return open_resumed(resume, workload_file, generations)
+    workload = load_workload(workload_file)
+    return (workload if generations is None else workload.with_generations(generations)), None
 
 
 def default_output(workload: Workload) -> Path:
@@ -85,6 +101,8 @@ def run_search(workload: Workload, problem: Problem, executor: Executor, writer:
     """Run the search to its end; on any stop the executor is closed, the results file closed cleanly and the
     resume command (``qsx-batch COMMAND --resume FILE``) printed. Returns the exit status (130 when stopped)."""
     resume_hint = f"qsx-batch {command} --resume {writer.path}"
+    if workload.spec.exploration.nsga.generations != writer.workload().spec.exploration.nsga.generations:
+        resume_hint += f" --generations {workload.spec.exploration.nsga.generations}"
     try:
         Search(workload, problem, executor, writer, options).run()
     except (KeyboardInterrupt, Interrupted) as exc:

@@ -6,6 +6,7 @@ Inputs (model weights, dataset paths) are resolved relative to the workload file
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass
@@ -355,6 +356,12 @@ class Workload:
                             f"Use one of {', '.join(DATASET_SHORT_NAMES)}, or a dotted key of a dataset block such "
                             "as retraining.datasets.validation.")
         return block
+
+    def with_generations(self, generations: int) -> "Workload":
+        """The workload run for ``generations`` generations (same text: a resumed run still matches its file)."""
+        nsga = self.spec.exploration.nsga.model_copy(update={"generations": generations})
+        exploration = self.spec.exploration.model_copy(update={"nsga": nsga})
+        return dataclasses.replace(self, spec=self.spec.model_copy(update={"exploration": exploration}))
 
     def dataset_blocks(self) -> dict[str, DatasetSpec]:
         """Every dataset block of the workload by dotted key, in file order."""

@@ -102,7 +102,37 @@ def test_resume_with_a_different_workload_is_refused(quant_workload, sparsity_wo
     out = tmp_path / "r.h5"
     assert _explore(quant_workload, out, "--skip-baseline") == 0
     assert main(["explore", str(sparsity_workload), "--resume", str(out)]) == 2
-    assert "different workload" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different workload" in err and "problem.problem_function" in err  # it says which keys differ
+
+
+def _rows(path: Path) -> list[tuple]:
+    ind = results.open(path).individuals
+    return [(genome_key(g), int(gen), float(a), float(c)) for g, gen, a, c in
+            zip(ind["genome"], ind["generation"], ind["accuracy"], ind["cost"])]
+
+
+def test_finished_run_extended_equals_a_longer_fresh_run(quant_workload, tmp_path, capsys):
+    short, fresh = tmp_path / "short.h5", tmp_path / "fresh.h5"
+    assert _explore(quant_workload, short, "--skip-baseline") == 0  # 2 generations
+    stored = len(_rows(short))
+    assert main(["explore", "--resume", str(short), "--generations", "4", "--verbose"]) == 0
+    evaluated = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gen ")]
+    assert _explore(quant_workload, fresh, "--skip-baseline", "--generations", "4") == 0
+    assert _rows(short) == _rows(fresh)  # row for row, the same individuals and scores
+    assert len(evaluated) == len(_rows(fresh)) - stored  # only the new genomes were evaluated
+    assert results.open(short).generations.rows == 4
+
+    data = quant_workload.read_text().replace("generations: 2", "generations: 5")  # the file's generations
+    assert data != quant_workload.read_text()
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(data)
+    assert main(["explore", str(longer), "--resume", str(short)]) == 0  # only the generations differ: extended
+    assert results.open(short).generations.rows == 5
+    other = tmp_path / "other.yaml"
+    other.write_text(data.replace("pop_size: 6", "pop_size: 8"))
+    assert main(["explore", str(other), "--resume", str(short)]) == 2
+    assert "exploration.nsga.pop_size" in capsys.readouterr().err
 
 
 def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float = 240) -> None:

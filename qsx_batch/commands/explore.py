@@ -21,12 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..executors.local import LocalExecutor
     from ..prepare import prepare_evaluator, workload_device
-    from ..runs import closed_on_failure, create_run, open_resumed, run_search
+    from ..runs import closed_on_failure, create_run, run_search, run_workload
     from ..search import SearchOptions
-    from ..workload import load_workload
 
-    workload, writer = open_resumed(Path(args.resume), args.workload) if args.resume else \
-        (load_workload(args.workload), None)
+    workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, args.generations)
     with closed_on_failure(writer):
         evaluator = prepare_evaluator(workload, workload_device(workload, args.device))
         writer = writer or create_run(workload, evaluator.problem, Path(args.output) if args.output else None)

@@ -32,14 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from ..executors.jobs import RunJobs
     from ..executors.slurm import SlurmExecutor
     from ..prepare import build_problem
-    from ..runs import closed_on_failure, create_run, ensure_writable, open_resumed, run_search
+    from ..runs import closed_on_failure, create_run, ensure_writable, run_search, run_workload
     from ..search import SearchOptions
-    from ..workload import load_workload
 
     require_slurm_clients()
     resume = Path(args.resume) if args.resume else None
     output = Path(args.output) if args.output else None
-    workload, writer = open_resumed(resume, args.workload) if resume else (load_workload(args.workload), None)
+    workload, writer = run_workload(args.workload, resume, args.generations)
     with closed_on_failure(writer):
         workload = for_array_tasks(workload)
         settings = checked_settings(workload, RunJobs(resume).settings() if resume else {}, given_slurm_settings(args))

@@ -22,6 +22,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of a search run (``explore`` and ``launch``)."""
     p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
     p.add_argument("--resume", metavar="RESULTS.h5", help="continue the run stored in this results file")
+    p.add_argument("--generations", type=_positive, metavar="N",
+                   help="run N generations (default: exploration.nsga.generations); with --resume, extend a "
+                        "finished run: only new genomes are evaluated")
     p.add_argument("--skip-baseline", action="store_true", help="do not evaluate the fp32 / all-upper-limit baseline")
     p.add_argument("--progress", action="store_true", help="show progress bars for generations and individuals")
     p.add_argument("--verbose", "-v", action="store_true", help="print every evaluated individual")
@@ -48,6 +51,16 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
                    help="on Ctrl-C/SIGTERM leave queued and running tasks alone (default: cancel them)")
     g.add_argument("--slurm-opt", action="append", type=_slurm_opt, metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. constraint=a100 (repeatable; KEY alone is a flag)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return value
 
 
 def _slurm_opt(text: str) -> tuple[str, str | bool]:
