@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import Samples
+from .data import Source
 from .problems import Problem
 from .racing import RaceContext, stage_sizes
 from .result import IndividualResult, Status
@@ -29,11 +29,11 @@ def _slurm_fields() -> dict:
 
 @dataclass
 class Evaluator:
-    """Scores genomes of one problem on fixed, preloaded sample sets named by dataset (``exploration``,
-    ``baseline``, or a dotted workload key such as ``reevaluation.datasets.reevaluate``)."""
+    """Scores genomes of one problem on fixed sample sets named by dataset (``exploration``, ``baseline``, or a
+    dotted workload key such as ``reevaluation.datasets.reevaluate``), held in memory or streamed."""
 
     problem: Problem
-    samples: dict[str, Samples]
+    samples: dict[str, Source]
     device: torch.device
 
     def __post_init__(self):
@@ -41,14 +41,14 @@ class Evaluator:
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.slurm = _slurm_fields()
 
-    def _forward(self, samples: Samples, start: int, stop: int) -> int:
+    def _forward(self, samples: Source, start: int, stop: int) -> int:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for inputs, labels in samples.batches(start, stop):
                 correct += (self.problem.model(inputs).argmax(1) == labels).sum()
         return int(correct)
 
-    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[int, int, tuple]:
+    def _race(self, samples: Source, params: np.ndarray, race: RaceContext | None) -> tuple[int, int, tuple]:
         """Forward over the stages; returns (correct, samples used, (reason, low, high) or ())."""
         total = len(samples)
         sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]

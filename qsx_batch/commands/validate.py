@@ -33,14 +33,8 @@ def run(args: argparse.Namespace) -> int:
     if spec.exploration.extra_args.bit_weighting_function not in COST_FUNCTIONS:
         raise UserError(f"Unknown exploration.extra_args.bit_weighting_function "
                         f"'{spec.exploration.extra_args.bit_weighting_function}'. Valid names: {', '.join(COST_FUNCTIONS)}.")
-    dataset_blocks = [("exploration.datasets.exploration", spec.exploration.datasets.exploration),
-                      ("exploration.datasets.baseline", spec.exploration.datasets.baseline)]
-    if spec.calibration:
-        dataset_blocks.append(("calibration.datasets.calibrate", spec.calibration.datasets.calibrate))
-    for key, block in dataset_blocks:
-        if block is not None:
-            root = workload.input_path(block.path) if block.path else None
-            dataset_size(block, root, key)
+    for key, block in spec.dataset_blocks().items():
+        dataset_size(block, workload.input_path(block.path) if block.path else None, key)
     print(dump_workload(workload), end="")
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0
