@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Samples
+from .data import Source
 from .errors import UserError
 
 FORMAT = "qsx-batch-calibration/1"
 
 
-def calibrate(model: nn.Module, quantizers: list[tuple[str, nn.Module]], samples: Samples,
+def calibrate(model: nn.Module, quantizers: list[tuple[str, nn.Module]], samples: Source,
               method: str, histogram_method: str, percentile: float) -> dict[str, torch.Tensor]:
     """Collect statistics over ``samples`` and return each quantizer's amax."""
     was_training = model.training

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import Samples
+from .data import Source
 from .metrics import AccuracyFunction, accuracy_function
 from .problems import Problem
 from .racing import RaceContext, stage_sizes
@@ -30,12 +30,12 @@ def _slurm_fields() -> dict:
 
 @dataclass
 class Evaluator:
-    """Scores genomes of one problem on fixed, preloaded sample sets named by dataset (``exploration``,
-    ``baseline``, or a dotted workload key such as ``reevaluation.datasets.reevaluate``), with the workload's
-    accuracy function (one or several metrics; the first is the accuracy)."""
+    """Scores genomes of one problem on fixed sample sets named by dataset (``exploration``, ``baseline``, or a
+    dotted workload key such as ``reevaluation.datasets.reevaluate``), held in memory or streamed, with the
+    workload's accuracy function (one or several metrics; the first is the accuracy)."""
 
     problem: Problem
-    samples: dict[str, Samples]
+    samples: dict[str, Source]
     device: torch.device
     metric: AccuracyFunction = field(default_factory=lambda: accuracy_function("classification_accuracy"))
 
@@ -44,7 +44,7 @@ class Evaluator:
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.slurm = _slurm_fields()
 
-    def _forward(self, samples: Samples, start: int, stop: int) -> torch.Tensor:
+    def _forward(self, samples: Source, start: int, stop: int) -> torch.Tensor:
         """(metrics, 2) summed correct and count over samples ``start:stop``, kept on the device."""
         totals = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.inference_mode():
@@ -52,7 +52,7 @@ class Evaluator:
                 totals = totals + self.metric.pairs(self.problem.model(inputs), labels)
         return totals
 
-    def _race(self, samples: Samples, params: np.ndarray, race: RaceContext | None) -> tuple[np.ndarray, int, tuple]:
+    def _race(self, samples: Source, params: np.ndarray, race: RaceContext | None) -> tuple[np.ndarray, int, tuple]:
         """Forward over the stages; returns ((metrics, 2) totals, samples used, (reason, low, high) or ())."""
         total = len(samples)
         sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]

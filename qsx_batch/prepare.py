@@ -1,5 +1,6 @@
 """From a workload to what an evaluation needs: the device, the model with its weights, its problem (calibrated
-when it quantizes) and the dataset blocks, each loaded once per process."""
+when it quantizes) and the dataset blocks, each opened once per process: held in memory on the device within the
+workload's memory budget, streamed beyond it (qsx_batch.data)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .calibration import apply_amax, calibrate, load_calibration, save_calibration
-from .data import Samples, load_samples
+from .data import MemoryBudget, Source, open_block
+from .data.budget import memory_budget
 from .errors import UserError
 from .evaluator import Evaluator
 from .metrics import accuracy_function
@@ -40,10 +42,20 @@ def workload_device(workload: Workload, override: str | None = None) -> torch.de
     return torch.device(name)
 
 
-def load_block(workload: Workload, spec: DatasetSpec, what: str) -> Samples:
-    """Materialize one dataset block of the workload (paths relative to the workload file)."""
+def data_budget(workload: Workload, device: torch.device) -> MemoryBudget:
+    """The memory budget of the dataset blocks one process holds: ``exploration.data_memory_budget``, by default a
+    quarter of ``device``'s memory."""
+    return memory_budget(workload.spec.exploration.data_memory_budget, device)
+
+
+def load_block(workload: Workload, spec: DatasetSpec, what: str, device: torch.device = torch.device("cpu"),
+               budget: MemoryBudget | None = None, cached: bool = True) -> Source:
+    """One dataset block of the workload (paths relative to the workload file) on ``device``, held in memory when
+    it fits ``budget`` (default: the workload's), else streamed. A scored image-folder block is read from the data
+    cache in the results folder (written first when missing); ``cached=False`` (training blocks) decodes instead."""
     root = workload.input_path(spec.path) if spec.path else None
-    return load_samples(spec, root, workload.spec.seed, what)
+    return open_block(spec, root, workload.spec.seed, what, device, budget or data_budget(workload, device),
+                      workload.data_cache_folder() if cached else None)
 
 
 def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
@@ -55,10 +67,12 @@ def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
     return model.eval().to(device)
 
 
-def probe_input(workload: Workload) -> torch.Tensor:
-    """One exploration sample as a batch of one (the model's input shape)."""
-    block = workload.spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1})
-    return load_block(workload, block, "exploration.datasets.exploration").inputs[:1]
+def probe_batch(workload: Workload, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first exploration sample and its label, as batches of one (the model's input shape)."""
+    probe = load_block(workload, workload.spec.exploration.datasets.exploration, "exploration.datasets.exploration",
+                       device, MemoryBudget(0))
+    inputs, labels = next(iter(probe.batches(0, 1)))
+    return inputs[:1], labels[:1]
 
 
 def profile_model(workload: Workload, device: torch.device) -> tuple[torch.nn.Module, list[LayerInfo]]:
@@ -66,9 +80,9 @@ def profile_model(workload: Workload, device: torch.device) -> tuple[torch.nn.Mo
     spec = workload.spec
     model = load_model(workload, device)
     modules = target_layers(model, spec.problem.layer_types, spec.problem.skip_layers)
-    probe = probe_input(workload)
-    _check_input_shape(workload, tuple(probe.shape[1:]))
-    return model, profile_layers(model, modules, probe.to(device))
+    inputs, _ = probe_batch(workload, device)
+    _check_input_shape(workload, tuple(inputs.shape[1:]))
+    return model, profile_layers(model, modules, inputs)
 
 
 def _check_input_shape(workload: Workload, sample: tuple[int, ...]) -> None:
@@ -101,7 +115,7 @@ def calibration_path(workload: Workload) -> Path:
     return workload.calibration_file(hashlib.sha256(text.encode()).hexdigest())
 
 
-def calibration_samples(workload: Workload) -> Samples:
+def calibration_samples(workload: Workload, device: torch.device) -> Source:
     """The calibration block, limited to ``calibration.samples`` when that is set."""
     cal = workload.spec.calibration
     if cal is None:
@@ -109,7 +123,7 @@ def calibration_samples(workload: Workload) -> Samples:
     block = cal.datasets.calibrate
     if cal.samples is not None and block.sample_limit is None:
         block = block.model_copy(update={"sample_limit": cal.samples})
-    return load_block(workload, block, "calibration.datasets.calibrate")
+    return load_block(workload, block, "calibration.datasets.calibrate", device)
 
 
 def ensure_calibration(workload: Workload, problem: Problem, device: torch.device,
@@ -127,7 +141,7 @@ def ensure_calibration(workload: Workload, problem: Problem, device: torch.devic
         apply_amax(problem.quantizers, amax, path, device)
         return str(path), False
     cal = workload.spec.calibration
-    samples = calibration_samples(workload).to(device)
+    samples = calibration_samples(workload, device)
     problem.configure(None)
     amax = calibrate(problem.model, problem.quantizers, samples, cal.method, cal.histogram_method, cal.percentile)
     try:
@@ -151,14 +165,12 @@ def metric_names(workload: Workload, problem: Problem) -> list[str]:
     """The names of the metrics the workload's accuracy function returns (one exploration sample through the
     fp32 network tells how many): the function's name, indexed when it returns several."""
     metric = accuracy_function(workload.spec.model.accuracy_function)
-    block = workload.spec.exploration.datasets.exploration.model_copy(update={"sample_limit": 1})
-    probe = load_block(workload, block, "exploration.datasets.exploration")
-    device = next(problem.model.parameters()).device
+    inputs, labels = probe_batch(workload, next(problem.model.parameters()).device)
     problem.configure(None)
     with torch.inference_mode():
-        outputs = problem.model(probe.inputs.to(device))
+        outputs = problem.model(inputs)
         try:
-            count = len(metric.pairs(outputs, probe.labels.to(device)))
+            count = len(metric.pairs(outputs, labels))
         except Exception as exc:  # the user's callable, on real outputs: say which and why
             raise UserError(f"model.accuracy_function '{metric.name}' fails on one exploration sample: "
                             f"{type(exc).__name__}: {exc}") from None
@@ -173,9 +185,18 @@ def search_datasets(workload: Workload) -> tuple[str, ...]:
 def prepare_evaluator(workload: Workload, device: torch.device | None = None,
                       datasets: tuple[str, ...] | None = None) -> Evaluator:
     """Load model, calibration and the named dataset blocks (default: :func:`search_datasets`) once; names are
-    short (``exploration``, ``baseline``, ``reevaluate``) or dotted workload keys."""
+    short (``exploration``, ``baseline``, ``reevaluate``) or dotted workload keys. The blocks share one memory
+    budget, claimed in the order named."""
     device = device or workload_device(workload)
     problem = build_problem(workload, device)
-    samples = {name: load_block(workload, workload.dataset(name), workload.dataset_key(name)).to(device)
+    budget = data_budget(workload, device)
+    samples = {name: load_block(workload, workload.dataset(name), workload.dataset_key(name), device, budget)
                for name in (search_datasets(workload) if datasets is None else datasets)}
     return Evaluator(problem, samples, device, accuracy_function(workload.spec.model.accuracy_function))
+
+
+def cache_datasets(workload: Workload, datasets: tuple[str, ...]) -> None:
+    """Write the data cache entries of the named blocks that lack one (here, before array tasks start, so that
+    the tasks only read them)."""
+    for name in datasets:
+        load_block(workload, workload.dataset(name), workload.dataset_key(name), budget=MemoryBudget(0))

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Samples
+from .data import Source
+from .data.shards import ShardStream
 from .errors import UserError
 from .models import build_model, save_weights
 from .models.quantized import split_quantizer_state
-from .prepare import load_block, workload_device
+from .prepare import data_budget, load_block, workload_device
 from .problems import Problem
 from .workload import TrainingSpec, Workload
 
@@ -25,7 +26,7 @@ class EpochReport:
     accuracy: float
 
 
-def accuracy_on(model: nn.Module, samples: Samples) -> float:
+def accuracy_on(model: nn.Module, samples: Source) -> float:
     """Top-1 accuracy of ``model`` in eval mode."""
     model.eval()
     correct = 0
@@ -35,7 +36,7 @@ def accuracy_on(model: nn.Module, samples: Samples) -> float:
     return correct / len(samples)
 
 
-def fit(model: nn.Module, spec: TrainingSpec, train: Samples, validation: Samples | None, seed: int,
+def fit(model: nn.Module, spec: TrainingSpec, train: Source | ShardStream, validation: Source | None, seed: int,
         on_epoch=None) -> list[EpochReport]:
     """Adam with cross-entropy over shuffled mini-batches; returns loss and accuracy per epoch."""
     generator = torch.Generator().manual_seed(seed)
@@ -44,17 +45,16 @@ def fit(model: nn.Module, spec: TrainingSpec, train: Samples, validation: Sample
     reports = []
     for epoch in range(1, spec.epochs + 1):
         model.train()
-        order = torch.randperm(len(train), generator=generator).to(train.inputs.device)
-        total = 0.0
-        for start in range(0, len(train), train.batch_size):
-            idx = order[start:start + train.batch_size]
+        total, seen = 0.0, 0
+        for inputs, labels in train.epoch(generator):
             optimizer.zero_grad()
-            loss = loss_fn(model(train.inputs[idx]), train.labels[idx])
+            loss = loss_fn(model(inputs), labels)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
         acc = accuracy_on(model, validation) if validation is not None else float("nan")
-        reports.append(EpochReport(epoch, total / len(train), acc))
+        reports.append(EpochReport(epoch, total / seen, acc))
         if on_epoch:
             on_epoch(reports[-1])
     return reports
@@ -68,13 +68,14 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
     torch.manual_seed(workload.spec.seed)
     device = workload_device(workload)
     model = build_model(workload.spec.model.type, workload.spec.model.extra_args).to(device)
-    train = load_block(workload, spec.datasets.train, "training.datasets.train").to(device)
+    budget = data_budget(workload, device)
     val = None
     if spec.datasets.validation is not None:
-        val = load_block(workload, spec.datasets.validation, "training.datasets.validation").to(device)
+        val = load_block(workload, spec.datasets.validation, "training.datasets.validation", device, budget)
+    train = load_block(workload, spec.datasets.train, "training.datasets.train", device, budget, cached=False)
     reports = fit(model, spec, train, val, workload.spec.seed, on_epoch)
     held_out = load_block(workload, workload.spec.exploration.datasets.baseline
-                          or workload.spec.exploration.datasets.exploration, "held-out").to(device)
+                          or workload.spec.exploration.datasets.exploration, "held-out", device)
     save_weights(model.cpu(), output)
     return reports, accuracy_on(model.to(device), held_out)
 

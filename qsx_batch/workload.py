@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,10 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
+from .plugins import is_import_reference
 
 DEFAULT_WORKLOAD = "lenet5_mnist_quantization.yaml"
 DATASET_SHORT_NAMES = {"exploration": "exploration.datasets.exploration", "baseline": "exploration.datasets.baseline",
                        "reevaluate": "reevaluation.datasets.reevaluate"}
+TRAINING_BLOCKS = ("training.datasets.train", "retraining.datasets.train")  # read in shuffled epochs, never scored
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
 
 class _Strict(BaseModel):
@@ -29,17 +33,46 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    """One dataset block: where the samples come from and how many of them are used."""
+    """One dataset block: where the samples come from and how many of them are used. A user dataset callable
+    (``type: module.path:callable``) also takes the block's extra keys (reference-tool blocks carry keys such as
+    ``data_root`` or ``severity``); a built-in type refuses them."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
 
     type: str
     path: str | None = None
     split: str | None = None
-    kind: str | None = Field(None, description="accepted for compatibility with the reference tool")
+    kind: Literal["imagefolder", "webdataset"] | None = Field(
+        None, description="storage of an imagenet block: an ImageFolder (default) or webdataset tar shards")
+    total_samples: int | None = Field(None, gt=0, description="samples in the tar shards of a webdataset block")
     batch_size: int = Field(256, gt=0)
     sample_limit: int | None = Field(None, gt=0)
     randomize: bool = Field(True, description="draw the fixed subset with the workload seed instead of the first N")
     download: bool = False
     image_size: int = Field(224, gt=0, description="crop size of ImageFolder datasets")
+
+    @model_validator(mode="after")
+    def _keys_of_the_type(self) -> "DatasetSpec":
+        if is_import_reference(self.type):
+            return self  # a user callable gets every key it is given (qsx_batch.data)
+        extra = sorted(self.model_extra or {})
+        if extra:
+            hints = "".join(_did_you_mean(key, list(DatasetSpec.model_fields)) for key in extra)
+            raise ValueError(f"unknown key{'s' * (len(extra) > 1)} {', '.join(map(repr, extra))} for dataset type "
+                             f"'{self.type}'.{hints} Only user dataset callables (type: module.path:callable) take "
+                             "extra keys, as keyword arguments; the keys of a dataset block are "
+                             f"{', '.join(DatasetSpec.model_fields)}")
+        if self.kind is not None and self.type != "imagenet":
+            raise ValueError(f"kind '{self.kind}' is for type imagenet (or a user dataset callable), not '{self.type}'")
+        if self.kind == "webdataset":
+            if self.total_samples is None:
+                raise ValueError("kind webdataset needs total_samples, the number of samples in its tar shards "
+                                 "(tar files have no index to count them)")
+            if self.sample_limit is not None:
+                raise ValueError("kind webdataset reads its tar shards whole: leave sample_limit null")
+        elif self.total_samples is not None:
+            raise ValueError("total_samples is for kind webdataset (tar shards) only; other datasets count themselves")
+        return self
 
 
 class CalibrationDatasets(_Strict):
@@ -205,9 +238,17 @@ class ExplorationSpec(_Strict):
         [], description="initial individuals: each value in every gene (a threshold for sparsity, bits for "
                         "quantization), put into the first generation")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_memory_budget: int | None = Field(
+        None, ge=0, description="bytes of dataset blocks a process may hold on its device (images as uint8); larger "
+                                "blocks are streamed batch by batch. Default: a quarter of the device's memory")
     datasets: ExplorationDatasets
     extra_args: ExtraArgs = ExtraArgs()
     energy_evaluation: EnergyEvaluationSpec | None = None
+
+    @field_validator("data_memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_constraint(self) -> "ExplorationSpec":
@@ -315,6 +356,38 @@ class WorkloadSpec(_Strict):
                              "cost function, so remove the key or make the two equal")
         return self
 
+    def dataset_blocks(self) -> dict[str, DatasetSpec]:
+        """Every dataset block of the workload by dotted key, in file order."""
+        def walk(model: BaseModel, prefix: str) -> dict[str, DatasetSpec]:
+            found: dict[str, DatasetSpec] = {}
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, DatasetSpec):
+                    found[prefix + name] = value
+                elif isinstance(value, BaseModel):
+                    found.update(walk(value, f"{prefix}{name}."))
+            return found
+
+        return walk(self, "")
+
+    @model_validator(mode="after")
+    def _shards_only_for_training(self) -> "WorkloadSpec":
+        for key, block in self.dataset_blocks().items():
+            if block.kind == "webdataset" and key not in TRAINING_BLOCKS and not is_import_reference(block.type):
+                raise ValueError(
+                    f"workload.{key} has kind webdataset, but tar shards are read in sequence and only training blocks "
+                    f"({', '.join(TRAINING_BLOCKS)}) may be read so; a scored block needs a fixed subset with random "
+                    "access: use kind imagefolder")
+        return self
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``512M``, ``2G``, ``1.5G``, ``64KiB`` or ``1000`` (binary units, as sbatch)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    if not match:
+        raise ValueError("must be a size such as 512M, 2G, 1.5G or a number of bytes")
+    return int(float(match[1]) * SIZE_UNITS[match[2].lower()])
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -365,17 +438,11 @@ class Workload:
 
     def dataset_blocks(self) -> dict[str, DatasetSpec]:
         """Every dataset block of the workload by dotted key, in file order."""
-        def walk(model: BaseModel, prefix: str) -> dict[str, DatasetSpec]:
-            found: dict[str, DatasetSpec] = {}
-            for name in type(model).model_fields:
-                value = getattr(model, name)
-                if isinstance(value, DatasetSpec):
-                    found[prefix + name] = value
-                elif isinstance(value, BaseModel):
-                    found.update(walk(value, f"{prefix}{name}."))
-            return found
+        return self.spec.dataset_blocks()
 
-        return walk(self.spec, "")
+    def data_cache_folder(self) -> Path:
+        """Where the decoded subsets of image-folder blocks are cached (qsx_batch.data.cache)."""
+        return self.results_dir() / "data-cache"
 
     def calibration_file(self, fingerprint: str) -> Path:
         """``calibration.file``, or a file in the results folder named after the calibration fingerprint."""
@@ -428,9 +495,8 @@ def _format_errors(path: Path, error: ValidationError) -> str:
             lines.append(f"missing required key '{where}'.")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"  # a section: its keys say enough
-            lines.append(f"'{where}'{shown}: {msg}.")
+            value = err.get("input")  # a whole section is not repeated: its validator names the values
+            lines.append(f"'{where}': {msg}." if isinstance(value, dict) else f"'{where}' = {value!r}: {msg}.")
     return f"Workload {path} is invalid: " + " ".join(lines)
 
 

@@ -29,9 +29,16 @@ def _run(tmp_path, workload_path, predefined: list[float], name: str):
     return run, load_block(run.workload, run.workload.dataset("exploration"), "exploration")
 
 
+def _batches(samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """All inputs (normalized as the search feeds them) and labels of a block."""
+    pairs = list(samples.batches())
+    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
 def _accuracy(model: torch.nn.Module, samples) -> float:
+    inputs, labels = _batches(samples)
     with torch.inference_mode():
-        return float((model(samples.inputs).argmax(1) == samples.labels).double().mean())
+        return float((model(inputs).argmax(1) == labels).double().mean())
 
 
 def test_all_8_bit_individual_exports_to_onnx_and_pytorch(quant_workload, tmp_path, capsys):
@@ -59,8 +66,9 @@ def test_all_8_bit_individual_exports_to_onnx_and_pytorch(quant_workload, tmp_pa
     ops = [node.op_type for node in graph.node]
     assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == len(quantizers)
     session = onnxruntime.InferenceSession(str(out / f"individual-{eight}.onnx"))
-    logits = session.run(None, {"input": samples.inputs.numpy()})[0]
-    assert float((logits.argmax(1) == samples.labels.numpy()).mean()) == pytest.approx(stored, abs=0.005)
+    inputs, labels = _batches(samples)
+    logits = session.run(None, {"input": inputs.numpy()})[0]
+    assert float((logits.argmax(1) == labels.numpy()).mean()) == pytest.approx(stored, abs=0.005)
     assert not (out / f"individual-{other}.onnx").exists()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qsx_batch.data import load_samples, subset_indices
+from qsx_batch.data import MemoryBudget, open_block, subset_indices
 from qsx_batch.data.embedded import SPLITS, embedded_mnist
 from qsx_batch.errors import UserError
 from qsx_batch.models import build_model, load_weights, model_names, save_weights
@@ -67,6 +67,11 @@ def test_embedded_splits_are_disjoint_real_digits():
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not seen[a] & seen[b], (a, b)
+
+
+def load_samples(spec: DatasetSpec, root, seed: int, what: str):
+    """A block held in memory on the CPU."""
+    return open_block(spec, root, seed, what, torch.device("cpu"), MemoryBudget(2 ** 40))
 
 
 def test_sample_limit_is_a_fixed_seeded_subset():

@@ -43,14 +43,14 @@ def _local_executor(job, key: str, args: argparse.Namespace):
 
 def _slurm_executor(job, key: str, args: argparse.Namespace):
     """Array tasks with the launcher's settings (command line, then the run's launch settings, then the workload's
-    ``launch:`` section); each task loads the model and the dataset block once."""
+    ``launch:`` section); each task loads the model and the dataset block (from the data cache written here) once."""
     import torch
 
     from ..errors import UserError
     from ..executors.cluster import checked_settings, for_array_tasks, require_slurm_clients
     from ..executors.jobs import RunJobs
     from ..executors.slurm import SlurmExecutor
-    from ..prepare import build_problem
+    from ..prepare import build_problem, cache_datasets
 
     if args.keep_jobs:
         raise UserError("--keep-jobs is for 'launch' only: a stopped 'evaluate' cancels its array tasks, and running "
@@ -61,6 +61,7 @@ def _slurm_executor(job, key: str, args: argparse.Namespace):
     settings = checked_settings(workload, jobs.settings(), given_slurm_settings(args))
     problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
     job.check_problem(problem)
+    cache_datasets(workload, (key,))  # decodes an image folder here once: tasks only read
     executor = SlurmExecutor(workload, problem, settings, jobs.evaluation(), device=args.device, verbose=args.verbose,
                              phase=NAME)
     print(f"SLURM job name {executor.job_name}; sbatch scripts and logs in {executor.files.root}", flush=True)

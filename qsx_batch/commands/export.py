@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..export import export_individual
-    from ..prepare import build_problem, probe_input
+    from ..prepare import build_problem, probe_batch
     from .followup import load_followup
 
     job = load_followup(args)
     out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-export")
-    sample = probe_input(job.workload)
+    sample, _ = probe_batch(job.workload, torch.device("cpu"))
     for row in job.rows:
         problem = build_problem(job.workload, torch.device("cpu"))  # fresh: each export configures its own model
         job.check_problem(problem)

@@ -1,8 +1,9 @@
 """``qsx-batch launch``: the ``explore`` search with every generation evaluated as SLURM array jobs.
 
-The launcher builds the problem here on CPU (calibrating once, before any task starts), opens the results file
-as its only writer and runs the search with a :class:`~qsx_batch.executors.slurm.SlurmExecutor`; its SLURM files
-live in ``<run>.jobs/`` beside the results file (:mod:`qsx_batch.executors.jobs`).
+The launcher builds the problem here on CPU (calibrating once and writing the data cache of image-folder blocks,
+before any task starts), opens the results file as its only writer and runs the search with a
+:class:`~qsx_batch.executors.slurm.SlurmExecutor`; its SLURM files live in ``<run>.jobs/`` beside the results file
+(:mod:`qsx_batch.executors.jobs`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..executors.cluster import checked_settings, for_array_tasks, require_slurm_clients
     from ..executors.jobs import RunJobs
     from ..executors.slurm import SlurmExecutor
-    from ..prepare import build_problem
+    from ..prepare import build_problem, cache_datasets, search_datasets
     from ..runs import closed_on_failure, create_run, ensure_writable, run_search, run_workload
     from ..search import SearchOptions
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if resume is None:
             ensure_writable(output.parent if output else workload.results_dir())
         problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
+        cache_datasets(workload, search_datasets(workload))  # decodes image folders here once: tasks only read
         writer = writer or create_run(workload, problem, output)
     with closed_on_failure(writer):
         files = RunJobs(writer.path).start(workload.name, settings.model_dump(), new=resume is None)

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..interrupts import raise_if_requested
-    from ..prepare import build_problem, load_block, workload_device
+    from ..prepare import build_problem, data_budget, load_block, workload_device
     from ..store import open_for_append
     from ..store.format import RETRAINING
     from ..training import accuracy_on, fit, save_finetuned
@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--epochs {args.epochs}: give at least 1 epoch.")
         spec = spec.model_copy(update={"epochs": args.epochs})
     device = workload_device(workload, args.device)
-    train = load_block(workload, spec.datasets.train, "retraining.datasets.train").to(device)
+    budget = data_budget(workload, device)
     val_spec = spec.datasets.validation or workload.spec.exploration.datasets.exploration
-    validation = load_block(workload, val_spec, "retraining.datasets.validation").to(device)
+    validation = load_block(workload, val_spec, "retraining.datasets.validation", device, budget)
+    train = load_block(workload, spec.datasets.train, "retraining.datasets.train", device, budget, cached=False)
     out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-retrained")
     first = build_problem(workload, device)
     job.check_problem(first)

@@ -1,48 +1,48 @@
-"""Dataset registry: every dataset block becomes a fixed, preprocessed set of samples held in memory.
+"""Dataset registry: every dataset block becomes a source of batches of one fixed subset (:mod:`.sources`).
 
 ``sample_limit`` picks a FIXED subset (seeded by the workload seed when ``randomize`` is true, else the first
-N samples), so every individual of a run is scored on exactly the same samples.
+N samples), so every individual of a run is scored on exactly the same samples. A block whose subset fits the
+memory budget (:mod:`.budget`) is held in memory on the device (images as uint8); a larger one is streamed batch
+by batch. The subset of a scored image-folder block is decoded once into the data cache (:mod:`.cache`) and read
+from there by every process. Webdataset tar shards (:mod:`.shards`) are for training blocks only.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import UserError
 from ..plugins import import_callable, is_import_reference
 from ..workload import DatasetSpec
+from .budget import MemoryBudget
+from .cache import CachedSamples, CacheFile
 from .embedded import embedded_mnist
+from .images import IMAGENET, EncodedImage, crop_description, crop_transform, load_rgb
+from .shards import ShardStream, shard_paths
+from .sources import Normalization, Samples, Source, StreamingSamples
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+__all__ = ["DATASET_NAMES", "MemoryBudget", "Samples", "Source", "dataset_size", "open_block", "subset_indices"]
+
+CIFAR = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+MNIST = Normalization((0.1307,), (0.3081,))
 DATASET_NAMES = ("mnist_embedded", "mnist", "cifar10", "imagenet")
+# The keys qsx-batch itself acts on; a user dataset callable gets every other key its block sets.
+SUBSET_KEYS = {"type", "batch_size", "sample_limit", "randomize"}
+CPU = torch.device("cpu")
 
 
 @dataclass
-class Samples:
-    """Preprocessed inputs and integer labels, evaluated in batches of ``batch_size``."""
+class Opened:
+    """A dataset of (input, label) pairs and how its uint8 images become floats (None: they are floats)."""
 
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    batch_size: int
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to(self, device: torch.device) -> "Samples":
-        return Samples(self.inputs.to(device), self.labels.to(device), self.batch_size)
-
-    def batches(self, start: int = 0, stop: int | None = None):
-        """Yield (inputs, labels) batches of ``batch_size`` covering samples ``start:stop`` (all by default)."""
-        stop = len(self) if stop is None else min(stop, len(self))
-        for first in range(start, stop, self.batch_size):
-            last = min(first + self.batch_size, stop)
-            yield self.inputs[first:last], self.labels[first:last]
+    dataset: Dataset
+    normalization: Normalization | None
 
 
 def _require_root(spec: DatasetSpec, root: Path | None) -> Path:
@@ -56,55 +56,79 @@ def _require_root(spec: DatasetSpec, root: Path | None) -> Path:
     return root
 
 
-def _torchvision_dataset(spec: DatasetSpec, root: Path | None) -> Dataset:
+def _torchvision_dataset(spec: DatasetSpec, root: Path | None) -> Opened:
     import torchvision
     from torchvision import transforms as T
 
     train = (spec.split or "test") == "train"
     if spec.type == "mnist":
-        tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
-        return torchvision.datasets.MNIST(str(_require_root(spec, root)), train=train, transform=tf, download=spec.download)
+        return Opened(torchvision.datasets.MNIST(str(_require_root(spec, root)), train=train,
+                                                 transform=T.PILToTensor(), download=spec.download), MNIST)
     if spec.type == "cifar10":
-        tf = T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
-        return torchvision.datasets.CIFAR10(str(_require_root(spec, root)), train=train, transform=tf, download=spec.download)
+        return Opened(torchvision.datasets.CIFAR10(str(_require_root(spec, root)), train=train,
+                                                   transform=T.PILToTensor(), download=spec.download), CIFAR)
     folder = _require_root(spec, root)
-    tf = T.Compose([
-        T.Resize(int(spec.image_size * 256 / 224)),
-        T.CenterCrop(spec.image_size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    return Opened(torchvision.datasets.ImageFolder(str(folder), transform=crop_transform(spec.image_size),
+                                                   loader=load_rgb), IMAGENET)
 
 
-def _open_dataset(spec: DatasetSpec, root: Path | None) -> Dataset | tuple[torch.Tensor, torch.Tensor]:
+def _user_dataset(spec: DatasetSpec, root: Path | None, what: str) -> Dataset:
+    """``type: module.path:callable`` called with ``path=``, ``split=`` and every other key the block sets."""
+    factory = import_callable(spec.type, "dataset type")
+    given = {key: getattr(spec, key) for key in sorted(spec.model_fields_set - SUBSET_KEYS - {"path", "split"})}
+    kwargs = {"path": str(root) if root else None, "split": spec.split,
+              **{key: value for key, value in given.items() if value is not None}}
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"Dataset {what}: '{spec.type}' cannot be called with {', '.join(kwargs)} ({exc}). A user "
+                        "dataset callable gets path=, split= and every other key its block sets (all but "
+                        f"{', '.join(sorted(SUBSET_KEYS))}).") from None
+    except ValueError:
+        pass  # no signature to check
+    dataset = factory(**kwargs)
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise UserError(f"Dataset {what}: '{spec.type}' returned a {type(dataset).__name__}; it must return a "
+                        "map-style torch Dataset (with len() and indexing) of (image tensor, label) pairs.")
+    return dataset
+
+
+def _open_dataset(spec: DatasetSpec, root: Path | None, what: str) -> Opened:
     if spec.type == "mnist_embedded":
-        return embedded_mnist(spec.split)
+        return Opened(TensorDataset(*embedded_mnist(spec.split)), None)
     if spec.type in ("mnist", "cifar10", "imagenet"):
         try:
             return _torchvision_dataset(spec, root)
         except (RuntimeError, FileNotFoundError) as exc:
             raise UserError(f"Dataset '{spec.type}' at {root} cannot be opened: {exc}") from None
     if is_import_reference(spec.type):
-        factory: Callable = import_callable(spec.type, "dataset type")
-        return factory(path=str(root) if root else None, split=spec.split)
+        return Opened(_user_dataset(spec, root, what), None)
     raise UserError(
-        f"Unknown dataset type '{spec.type}'. Valid types: {', '.join(DATASET_NAMES)}, "
-        "or your own as 'module.path:callable' (called with path= and split=, returning a torch Dataset)."
+        f"Unknown dataset type '{spec.type}'. Valid types: {', '.join(DATASET_NAMES)}, or your own as "
+        "'module.path:callable' (called with path=, split= and the block's other keys, returning a torch Dataset)."
     )
 
 
-def _open_nonempty(spec: DatasetSpec, root: Path | None, what: str):
-    data = _open_dataset(spec, root)
-    total = len(data[1]) if isinstance(data, tuple) else len(data)
-    if total == 0:
+def _open_nonempty(spec: DatasetSpec, root: Path | None, what: str) -> Opened:
+    opened = _open_dataset(spec, root, what)
+    if len(opened.dataset) == 0:
         raise UserError(f"Dataset {what} (type '{spec.type}', path {root}) is empty.")
-    return data, total
+    return opened
+
+
+def _shards(root: Path | None, what: str) -> list[Path]:
+    if root is None:
+        raise UserError(f"Dataset {what} has kind webdataset but no 'path': give the pattern of its tar shards, "
+                        "such as train-{0000..0136}.tar.")
+    return shard_paths(root, what)
 
 
 def dataset_size(spec: DatasetSpec, root: Path | None, what: str) -> int:
     """Open a dataset block and return its number of samples (UserError when it is empty or unusable)."""
-    return _open_nonempty(spec, root, what)[1]
+    if spec.kind == "webdataset":
+        _shards(root, what)
+        return spec.total_samples
+    return len(_open_nonempty(spec, root, what).dataset)
 
 
 def subset_indices(total: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
@@ -116,15 +140,42 @@ def subset_indices(total: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
     return torch.arange(limit)
 
 
-def load_samples(spec: DatasetSpec, root: Path | None, seed: int, what: str) -> Samples:
-    """Open a dataset block and materialize its fixed subset as tensors; ``what`` names the block."""
-    data, total = _open_nonempty(spec, root, what)
-    index = subset_indices(total, spec, seed)
-    if isinstance(data, tuple):
-        inputs, labels = data[0][index], data[1][index]
+def _subset(spec: DatasetSpec, root: Path | None, seed: int, what: str, device: torch.device) -> StreamingSamples:
+    opened = _open_nonempty(spec, root, what)
+    return StreamingSamples(opened.dataset, subset_indices(len(opened.dataset), spec, seed), spec.batch_size,
+                            opened.normalization, device)
+
+
+def cache_file(spec: DatasetSpec, root: Path | None, seed: int, folder: Path) -> CacheFile:
+    """The data cache entry of an image-folder block: named by everything its decoded subset depends on (reading
+    it needs neither the images, nor a scan of their folder, nor torchvision)."""
+    limited = spec.sample_limit is not None
+    return CacheFile(folder, {
+        "type": spec.type, "root": str(root.resolve()) if root else None, "split": spec.split,
+        "image_size": spec.image_size, "transform": crop_description(spec.image_size),
+        "sample_limit": spec.sample_limit, "randomize": spec.randomize if limited else None,
+        "seed": seed if limited and spec.randomize else None,
+        "torchvision": version("torchvision"), "pillow": version("pillow"),
+    })
+
+
+def open_block(spec: DatasetSpec, root: Path | None, seed: int, what: str, device: torch.device,
+               budget: MemoryBudget, cache_folder: Path | None = None) -> Source | ShardStream:
+    """A dataset block (``what`` names it in messages) as a source of batches on ``device``.
+
+    Its fixed subset is held in memory when its size (uint8 images, or floats) fits ``budget`` (claimed from it),
+    else streamed.
+    With a ``cache_folder``, an image-folder block is read from its data cache entry there, which is written
+    first when missing. A webdataset block (training only) is a :class:`ShardStream`.
+    """
+    if spec.kind == "webdataset":
+        decode = EncodedImage(crop_transform(spec.image_size))
+        return ShardStream(_shards(root, what), spec.total_samples, spec.batch_size, decode, IMAGENET, device, what)
+    if cache_folder is not None and spec.type == "imagenet":
+        cache = cache_file(spec, root, seed, cache_folder)
+        if not cache.exists():
+            cache.write(_subset(spec, root, seed, what, CPU), what)
+        source = CachedSamples(cache.open(), spec.batch_size, IMAGENET, device)
     else:
-        loader = DataLoader(Subset(data, index.tolist()), batch_size=spec.batch_size, shuffle=False)
-        parts = [(x, torch.as_tensor(y)) for x, y in loader]
-        inputs = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts]).long()
-    return Samples(inputs.contiguous(), labels, spec.batch_size)
+        source = _subset(spec, root, seed, what, device)
+    return Samples.gather(source, what) if budget.claim(source.resident_bytes()) else source
