@@ -61,8 +61,8 @@ def _slurm_executor(job, key: str, args: argparse.Namespace):
     settings = checked_settings(workload, jobs.settings(), given_slurm_settings(args))
     problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
     job.check_problem(problem)
-    executor = SlurmExecutor(workload, problem, settings, jobs.evaluation(), device=args.device, verbose=args.verbose,
-                             phase=NAME)
+    executor = SlurmExecutor(workload, problem, settings, jobs.evaluation(), device=args.device, threads=args.threads,
+                             verbose=args.verbose, phase=NAME)
     print(f"SLURM job name {executor.job_name}; sbatch scripts and logs in {executor.files.root}", flush=True)
     return executor
 

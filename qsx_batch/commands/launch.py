@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
         writer = writer or create_run(workload, problem, output)
     with closed_on_failure(writer):
         files = RunJobs(writer.path).start(workload.name, settings.model_dump(), new=resume is None)
-        executor = SlurmExecutor(workload, problem, settings, files, device=args.device, verbose=args.verbose)
+        executor = SlurmExecutor(workload, problem, settings, files, device=args.device, threads=args.threads,
+                                 verbose=args.verbose)
     print(f"results -> {writer.path}\nSLURM job name {executor.job_name}; sbatch scripts and logs in {files.root}",
           flush=True)
-    options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose)
+    options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose,
+                            log=executor.log)  # timestamped, as the executor's own lines
     return run_search(workload, problem, executor, writer, options, NAME)
