@@ -23,7 +23,8 @@ def add_threads(p: argparse.ArgumentParser) -> None:
     """``--threads``: torch's CPU threads (set by the command line before the command runs)."""
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: the CPUs allocated to this process: SLURM_CPUS_PER_TASK or "
-                        "SLURM_CPUS_ON_NODE in a SLURM job, else its CPU affinity, at most 8)")
+                        "SLURM_CPUS_ON_NODE in a SLURM job, else its CPU affinity, at most 8); SLURM tasks of "
+                        "launch and evaluate get it too (default: their own allocation)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
