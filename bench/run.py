@@ -185,9 +185,9 @@ def workload_copy(source: Path, folder: Path, generations: int | None) -> Path:
     return path
 
 
-def run_command(command: list[str], threads: int | None) -> float:
-    """Run a command to its end and return its wall seconds; it is interrupted with us (Ctrl-C or SIGTERM)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+def run_command(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Run a command (in ``env``, default ours) to its end and return its wall seconds; it is interrupted with us
+    (Ctrl-C or SIGTERM)."""
     start = time.perf_counter()
     with subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         try:
@@ -208,7 +208,7 @@ def explore_run(source: Path, folder: Path, generations: int | None, device: tor
     path = workload_copy(source, folder, generations)
     output = folder / f"{source.stem}.h5"
     seconds = run_command([sys.executable, "-m", "qsx_batch.cli", "explore", str(path), "--output", str(output),
-                           "--device", device.type], threads)
+                           "--device", device.type, *(["--threads", str(threads)] if threads else [])])
     workload = load_workload(path)
     problem = build_problem(workload, device)
     create_results(folder / f"{source.stem}-header.h5", run_header(workload, problem, ["classification_accuracy"])).close()
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads here and in the explore runs (default 1: stable on a shared machine; "
-                             "0: torch's choice)")
+                             "0: torch's choice here, qsx-batch's own default in the explore runs)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per case (default 5, --quick 3)")
     parser.add_argument("--json", metavar="FILE", help="write the figures and the machine as JSON")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """The ``qsx-batch`` command line: registers the commands of :mod:`qsx_batch.commands` and runs one, reporting
-user mistakes as one paragraph (exit status 2) and stops as exit status 130, without tracebacks."""
+user mistakes as one paragraph (exit status 2) and stops as exit status 130, without tracebacks. Commands with a
+``--threads`` option compute: their torch threads are set here, before they run (:mod:`qsx_batch.threads`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from . import __version__
 from .commands import COMMANDS
 from .errors import UserError
 from .interrupts import Interrupted, stop_requests
+from .threads import set_wait_policy, use_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    set_wait_policy()  # before any command imports torch
     try:
         with stop_requests():
+            if hasattr(args, "threads"):
+                use_threads(args.threads)
             return args.func(args)
     except UserError as exc:
         print(f"qsx-batch {args.command}: error: {exc}", file=sys.stderr)

@@ -293,6 +293,8 @@ class LaunchSpec(_Strict):
 
     partition: str | None = None
     gpus_per_task: int = Field(1, ge=0, description="GPUs per array task (--gres=gpu:N); 0 for CPU-only tasks")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per array task (sbatch --cpus-per-task); "
+                                                             "each task runs that many torch threads")
     individuals_per_task: int = Field(4, ge=1)
     array_parallelism: int = Field(256, ge=1, description="array tasks running at once (sbatch --array=...%N)")
     time: int = Field(60, ge=1, description="time limit of one array task in minutes")

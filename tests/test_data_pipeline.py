@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +19,8 @@ from qsx_batch.data import MemoryBudget, Samples, open_block, subset_indices
 from qsx_batch.data.budget import available_memory, memory_budget
 from qsx_batch.data.cache import CachedSamples
 from qsx_batch.data.shards import expand_braces
-from qsx_batch.data.sources import StreamingSamples, allocation_cpus, decoding_workers
+from qsx_batch.data.sources import StreamingSamples, decoding_workers
+from qsx_batch.threads import allocation_cpus
 from qsx_batch.errors import UserError
 from qsx_batch.prepare import prepare_evaluator
 from qsx_batch.racing import RaceContext
@@ -212,6 +214,7 @@ def test_blocks_share_the_budget_in_order(tmp_path):
 
 
 def test_workers_follow_the_allocation(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # a node with 16 CPUs
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert allocation_cpus() == 3
     assert [decoding_workers(n) for n in (1, 2, 10)] == [0, 2, 3]

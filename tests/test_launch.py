@@ -77,6 +77,22 @@ def evaluated_keys(jobs: Path) -> list[str]:
     return [m for log in jobs.glob("*/*_log.out") for m in re.findall(r"^evaluated (\w+)", log.read_text(), re.M)]
 
 
+def task_threads(jobs: Path) -> list[int]:
+    """The torch thread count every task printed ('torch threads N', once per task that evaluated)."""
+    return [int(n) for log in jobs.glob("*/*_log.out") for n in re.findall(r"^torch threads (\d+)$", log.read_text(), re.M)]
+
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+STAGE_LINE = re.compile(rf"^{STAMP}(\w+): (\d+) individuals in (\d+) tasks: at most (\d+) queued and (\d+) running at "
+                        r"once; (\d+) finished, (\d+) retried, (\d+) failed; ([\d.]+) s$", re.M)
+
+
+def stage_lines(log: str) -> dict[str, tuple[int, ...]]:
+    """The executor's line per generation (stage): individuals, tasks, most queued, most running, finished,
+    retried, failed; and its wall seconds."""
+    return {m[0]: (*map(int, m[1:8]), float(m[8])) for m in STAGE_LINE.findall(log)}
+
+
 def wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,10 +123,12 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
     workload = write_workload(tmp_path, generations=2)
     out = tmp_path / "launch.h5"
     loaded = tmp_path / "modules"  # each task of attempt 1 lists the modules it imported (worker test hook)
-    done = subprocess.run(launch_command(str(workload), "--output", str(out), "--individuals-per-task", "2"),
+    done = subprocess.run(launch_command(str(workload), "--output", str(out), "--individuals-per-task", "2",
+                                         "--cpus-per-task", "1"),
                           capture_output=True, text=True, timeout=240, env=fault_env(f"modules={loaded}"))
     assert done.returncode == 0, done.stderr
-    assert main(["explore", str(workload), "--output", str(tmp_path / "explore.h5"), "--device", "cpu"]) == 0
+    assert main(["explore", str(workload), "--output", str(tmp_path / "explore.h5"), "--device", "cpu",
+                 "--threads", "1"]) == 0  # as the tasks: the same thread count sums in the same order
 
     listings = list(tmp_path.glob("modules.*"))
     assert listings
@@ -139,6 +157,19 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
     keys = evaluated_keys(jobs)
     assert len(keys) == len(set(keys)) == len(ind["genome"]) + 4  # + baseline: fp32/all-8-bit on 2 datasets
     assert not list(jobs.glob("*/*.pkl"))  # finished submissions' pickles are cleaned up
+
+    scripts = list(jobs.glob("*/*_submission.sh"))
+    assert len(scripts) == 3 and all("#SBATCH --cpus-per-task=1\n" in s.read_text() for s in scripts)
+    assert task_threads(jobs) == [1] * 6  # SLURM_CPUS_PER_TASK=1, though the task's affinity has both CPUs
+
+    stages = stage_lines(done.stderr)  # one timestamped line per generation, and one for the baseline
+    assert set(stages) == {"baseline", "g0000", "g0001"}
+    assert stages["baseline"][:2] == stages["g0000"][:2] == (4, 2)
+    for _, tasks, queued, running, finished, retried, failed, seconds in stages.values():
+        assert finished == tasks and retried == failed == 0 and 0 < seconds < 240
+        assert queued <= tasks and running <= 2  # a node of 2 CPUs runs at most 2 tasks of 1 CPU
+    assert re.search(rf"^{STAMP}baseline +fp32 on exploration: accuracy", done.stderr, re.M)  # the search's lines too
+    assert re.search(rf"^{STAMP}accuracy constraint: >= ", done.stderr, re.M)
 
 
 def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, monkeypatch):
@@ -174,9 +205,13 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
     assert all(res.ok for _, res, _ in retried)
     assert sum("SLURM job" in line and "attempt 1" in line for line in logs) == 2  # chunks split over two arrays
     assert any("raised RuntimeError: injected fault" in line for line in logs)
+    (line,) = [line for line in logs if line.startswith("g0000: 4 individuals")]  # both retried, the retries finished
+    match = re.fullmatch(r"g0000: 4 individuals in (\d) tasks: .*; (\d) finished, 2 retried, 0 failed; [\d.]+ s", line)
+    assert match and int(match[1]) == int(match[2]) + 2, line
 
     failed = [res for _, res, _ in run(0, 1, genomes[4:8]) if not res.ok]
     assert len(failed) == 2
+    assert "; 0 finished, 0 retried, 2 failed; " in logs[-1] and logs[-1].startswith("g0001: 4 individuals in 2 tasks")
     assert all(res.status == "failed" and "injected fault" in res.error and res.slurm_job_id for res in failed)
     assert all(res.cost == problem.worst_cost() and res.accuracy == 0.0 for res in failed)
     keys = evaluated_keys(tmp_path / "jobs")
@@ -192,9 +227,13 @@ def test_evaluate_through_slurm_matches_local_retries_and_skips_stored(slurm, tm
     assert main(["evaluate", str(local), *rows]) == 0
 
     monkeypatch.setenv(FAULT, "raise")  # array task 0 raises after its first result: one individual is resubmitted
-    slurm_args = ["--partition", "cpu", "--gpus-per-task", "0", "--individuals-per-task", "2"]
+    slurm_args = ["--partition", "cpu", "--gpus-per-task", "0", "--individuals-per-task", "2", "--threads", "2"]
     assert main(["evaluate", str(out), *rows, *slurm_args]) == 0
-    assert "resubmitting 1 individuals" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resubmitting 1 individuals" in err
+    assert stage_lines(err)["evaluate"][:2] == (4, 3)  # two tasks, and the resubmission
+    (jobs,) = (tmp_path / "run.jobs").glob("evaluate-*")
+    assert task_threads(jobs) == [2, 2, 2]  # --threads travels (without it: 1, the task's one CPU)
     with open_for_reading(out) as f:
         remote = read_table(f, "reevaluations")
     with open_for_reading(local) as f:
@@ -239,6 +278,8 @@ def test_cancelled_task_is_resubmitted_and_timed_out_task_requeued(slurm, tmp_pa
     assert by_task == {(0, 1), (1, 1)}  # the cancelled task's first result is kept, the requeued one finished
     assert sum(ind["attempt"] == 2) == 1  # the cancelled task's unfinished individual, resubmitted
     assert "CANCELLED" in output
+    _, tasks, _, _, finished, retried, failed, _ = stage_lines(output)["g0000"]
+    assert (tasks, finished, retried, failed) == (3, 2, 1, 0)  # task 0 retried; the requeued task 1 finished
     states = subprocess.run(["sacct", "-n", "-X", "-D", "-j", f"{job}_1", "-o", "State"],
                             capture_output=True, text=True).stdout
     assert "REQUEUED" in states
@@ -278,6 +319,7 @@ def test_resume_after_sigkill_reuses_every_evaluation(slurm, tmp_path):
     (["--qos", "nosuchqos"], "Invalid qos"),
     (["--individuals-per-task", "0"], "--individuals-per-task"),
     (["--slurm-opt", "time=5"], "reserved"),
+    (["--cpus-per-task", "0"], "--cpus-per-task (launch.cpus_per_task) = 0: input should be greater than or equal to 1"),
     (["--container", "missing.sif"], "does not exist"),
 ])
 def test_bad_settings_submit_nothing(slurm, tmp_path, capsys, options, message):
@@ -331,5 +373,6 @@ def test_site_example_is_a_valid_launch_section():
     data = yaml.safe_load((Path(__file__).parents[1] / "slurm" / "site-example.yaml").read_text())
     settings = LaunchSpec.model_validate(data["launch"])
     assert sbatch_options(settings)["constraint"] == "a100"
+    assert sbatch_options(settings)["cpus-per-task"] == settings.cpus_per_task == 8
     assert container_python(settings.container, settings.bind) == (
         "apptainer exec --nv --bind /shared/data --bind /scratch/me:/scratch /shared/images/qsx.sif python3")

@@ -4,6 +4,7 @@ written, only their paths changed, and run a tiny ResNet-18 exploration on an Im
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_reference_layout_validates_and_explores(problem, image_folder, tmp_path
     assert run.count >= 4 and set(run.individuals["status"]) == {"ok"}
     assert run.minimum_accuracy == pytest.approx(0.65)
     assert set(run.individuals["device"]) == {"cpu"}  # gpu_id -1
+    log = (tmp_path / "results/resnet18_run.log").read_text().splitlines()  # log_file: in the results folder
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d qsx-batch explore started", log[0])
+    assert any(line.endswith("accuracy constraint: >= 0.6500") for line in log) and "done: " in log[-2]
     workload = load_workload(path)
     assert workload.spec.exploration.extra_args.block_shape == (4, 8)  # [width 8, height 4]
     assert "weighting_function" not in workload.spec.model.extra_args  # not a constructor argument
@@ -247,3 +251,18 @@ def test_docs_list_every_reference_key():
             "allowable_accuracy_drop", "block_size", "collect_sparsity_details", "kind", "total_samples",
             "data_root", "label_root", "reevaluation.bit_weighting_function"]
     assert [k for k in keys if k not in docs] == []
+
+
+def test_log_file_is_appended_unless_cleared(quant_workload, tmp_path):
+    data = yaml.safe_load(quant_workload.read_text())
+    data["workload"]["problem"]["log_file"] = str(tmp_path / "logs" / "run.log")  # an absolute path wins
+    path = write(tmp_path, data, "logged.yaml")
+    for name in ("a", "b"):
+        assert main(["explore", str(path), "--output", str(tmp_path / f"{name}.h5"), "--generations", "1"]) == 0
+    log = (tmp_path / "logs" / "run.log").read_text()
+    assert log.count("qsx-batch explore started") == 2 and f"done: {tmp_path / 'b.h5'}" in log
+    data["workload"]["problem"]["clear_log_file"] = True
+    assert main(["explore", str(write(tmp_path, data, "logged.yaml")), "--output", str(tmp_path / "c.h5"),
+                 "--generations", "1"]) == 0
+    log = (tmp_path / "logs" / "run.log").read_text()
+    assert log.count("qsx-batch explore started") == 1 and "b.h5" not in log

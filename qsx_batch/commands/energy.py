@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_workload
+from .options import add_threads, add_workload
 
 NAME = "energy"
 HELP = "write the per-layer DRAM transfer and energy table of a workload (CSV)"
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, metavar="B",
                    help="bit width of every input and weight (default: exploration.extra_args.num_bits_upper_limit)")
     p.add_argument("--output", "-o", metavar="FILE", help="CSV to write (default: RESULTS/<name>.energy.csv)")
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:

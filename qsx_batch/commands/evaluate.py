@@ -62,8 +62,8 @@ def _slurm_executor(job, key: str, args: argparse.Namespace):
     problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
     job.check_problem(problem)
     cache_datasets(workload, (key,))  # decodes an image folder here once: tasks only read
-    executor = SlurmExecutor(workload, problem, settings, jobs.evaluation(), device=args.device, verbose=args.verbose,
-                             phase=NAME)
+    executor = SlurmExecutor(workload, problem, settings, jobs.evaluation(), device=args.device, threads=args.threads,
+                             verbose=args.verbose, phase=NAME)
     print(f"SLURM job name {executor.job_name}; sbatch scripts and logs in {executor.files.root}", flush=True)
     return executor
 

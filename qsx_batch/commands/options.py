@@ -14,8 +14,17 @@ def add_workload(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    """``--device``."""
+    """``--device`` and ``--threads``: where a command computes."""
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override exploration.device")
+    add_threads(p)
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads (set by the command line before the command runs)."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: the CPUs allocated to this process: SLURM_CPUS_PER_TASK or "
+                        "SLURM_CPUS_ON_NODE in a SLURM job, else its CPU affinity, at most 8); SLURM tasks of "
+                        "launch and evaluate get it too (default: their own allocation)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -36,6 +45,8 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SLURM")
     g.add_argument("--partition", help="partition of the array tasks (default: the cluster's default partition)")
     g.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs per task, as --gres=gpu:N (default 1; 0: CPU)")
+    g.add_argument("--cpus-per-task", type=int, metavar="N",
+                   help="CPUs per task (default: the partition's); each task runs that many torch threads")
     g.add_argument("--individuals-per-task", type=int, metavar="N",
                    help="individuals evaluated by one task after loading the model once (default 4)")
     g.add_argument("--array-parallelism", type=int, metavar="N", help="tasks running at once (default 256)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_workload
+from .options import add_threads, add_workload
 
 NAME = "train"
 HELP = "train the model's fp32 weights from the workload's 'training' section"
@@ -15,6 +15,7 @@ DESCRIPTION = None
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload(p)
     p.add_argument("--output", "-o", metavar="FILE", help="weights file to write (default: model.weights)")
+    add_threads(p)
 
 
 def run(args: argparse.Namespace) -> int:

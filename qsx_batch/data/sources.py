@@ -12,7 +12,6 @@ torchvision's ToTensor and Normalize).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,18 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..threads import allocation_cpus
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 MAX_WORKERS = 32
 PROGRESS_BATCHES = 8  # holding more batches than this in memory shows a progress bar (on a terminal)
-
-
-def allocation_cpus() -> int:
-    """CPUs of this allocation: ``SLURM_CPUS_PER_TASK`` in a SLURM task, else the CPUs this process may use."""
-    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if given.isdigit() and int(given) > 0:
-        return int(given)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def decoding_workers(batches: int) -> int:

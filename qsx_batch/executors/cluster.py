@@ -83,9 +83,9 @@ def for_array_tasks(workload: Workload) -> Workload:
 def sbatch_options(settings: LaunchSpec) -> dict[str, Any]:
     """The sbatch options of one array task (``--key=value``; ``True`` is a bare flag) from the launch settings."""
     options: dict[str, Any] = {}
-    for key in ("partition", "account", "qos", "mem"):
+    for key in ("partition", "account", "qos", "mem", "cpus_per_task"):
         if getattr(settings, key) is not None:
-            options[key] = getattr(settings, key)
+            options[key.replace("_", "-")] = getattr(settings, key)
     if settings.gpus_per_task:
         options["gres"] = f"gpu:{settings.gpus_per_task}"
     for key, value in settings.slurm_opt.items():

@@ -4,7 +4,8 @@ One call of :meth:`SlurmExecutor.run` (one generation) splits the requests into 
 ``individuals_per_task``, submits them as one array job (several when the cluster's ``MaxArraySize`` is smaller
 than the number of chunks), and yields every result as soon as its task publishes it (:mod:`.worker` writes,
 :mod:`.jobs` is the channel). Individuals of tasks that raised, were cancelled, timed out too often or lost their
-node are resubmitted up to ``max_retries`` times; what still has no result becomes a ``failed`` result.
+node are resubmitted up to ``max_retries`` times; what still has no result becomes a ``failed`` result. Every
+call ends with one log line: its tasks by how they ended, the most queued and running at once, its wall time.
 
 The executor reads two private parts of submitit (1.5.x, pinned in pyproject.toml and checked by
 tests/test_submitit_contract.py): the result pickle of a finished task (``job.paths.result_pickle``, a pair
@@ -38,8 +39,13 @@ from .jobs import JobFiles, read_results, result_key, stage_name
 from .worker import EvaluateChunk
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+QUEUED_STATES = ("PENDING", "REQUEUED", "UNKNOWN")  # UNKNOWN: submitted, not listed by accounting yet
+RUNNING_STATES = ("RUNNING", "COMPLETING")
+
+
+def log_line(message: str) -> None:
+    """The launcher's log: ``2026-12-02 19:04:05 message`` on stderr (a launch runs for days)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -47,7 +53,11 @@ class _Task:
     job: submitit.SlurmJob
     keys: list[str]
     attempt: int
-    ended: bool = False
+    end: str = ""  # how it ended: "finished" (all its results in), "retried" or "failed" (some resubmitted/failed)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.end)
 
     @property
     def ids(self) -> tuple[str, int]:
@@ -68,8 +78,12 @@ class _Task:
                 return True, f"array task {self.job.job_id} succeeded but some of its results never appeared"
             lines = [line for line in str(value).splitlines() if line.strip()]
             return False, f"array task {self.job.job_id} raised {lines[-1] if lines else value}"
-        state = self.job.watcher.get_state(self.job.job_id, mode="cache")
+        state = self.state()
         return False, f"array task {self.job.job_id} ended {state} before reporting all its individuals"
+
+    def state(self) -> str:
+        """SLURM's state as of the last forced update (UNKNOWN until accounting lists the task)."""
+        return self.job.watcher.get_state(self.job.job_id, mode="cache")
 
 
 @dataclass
@@ -79,11 +93,33 @@ class _Array:
     tasks: list[_Task]
 
 
+@dataclass
+class _Tally:
+    """The tasks of one :meth:`SlurmExecutor.run` call and the most of them queued and running at once."""
+
+    tasks: list[_Task]
+    queued: int = 0
+    running: int = 0
+
+    def sample(self, live: list[_Task]) -> None:
+        """Count the live tasks' states as of the last update (no SLURM query of its own)."""
+        states = [task.state() for task in live]
+        self.queued = max(self.queued, sum(state in QUEUED_STATES for state in states))
+        self.running = max(self.running, sum(state in RUNNING_STATES for state in states))
+
+    def line(self, stage: str, individuals: int, seconds: float) -> str:
+        ends = [task.end for task in self.tasks]
+        return (f"{stage}: {individuals} individuals in {len(self.tasks)} tasks: at most {self.queued} queued and "
+                f"{self.running} running at once; {ends.count('finished')} finished, {ends.count('retried')} "
+                f"retried, {ends.count('failed')} failed; {seconds:.1f} s")
+
+
 class SlurmExecutor:
     """Runs evaluation requests as SLURM array tasks and yields their results as they are published."""
 
     def __init__(self, workload: Workload, problem: Problem, settings: LaunchSpec, files: JobFiles,
-                 device: str | None = None, verbose: bool = False, log: Callable[[str], None] = _stderr,
+                 device: str | None = None, threads: int | None = None, verbose: bool = False,
+                 log: Callable[[str], None] = log_line,
                  poll_s: float = 0.5, state_poll_s: float = 10.0, settle_s: float = 60.0, phase: str | None = None,
                  task: type[EvaluateChunk] = EvaluateChunk):
         self.workload = workload
@@ -92,6 +128,7 @@ class SlurmExecutor:
         self.files = JobFiles(Path(files.root).resolve(), files.token)  # tasks may start elsewhere (containers)
         self.job_name = self.files.job_name
         self.device = device
+        self.threads = threads
         self.verbose = verbose
         self.log = log
         self.poll_s = poll_s
@@ -119,25 +156,31 @@ class SlurmExecutor:
             self._adopt_previous_jobs()
         if not requests:
             return
+        start = time.monotonic()
         shards = self._shard_folder(generation)
         pending = {result_key(request): request for request in requests}
         yield from self._collect(shards, pending)  # published after the previous launcher of this run died
         live = self._submit(list(pending), pending, shards, generation, attempt=1) if pending else []
-        start = last_check = time.monotonic()
+        tally = _Tally(list(live))
+        submitted = last_check = time.monotonic()
         while live:
             time.sleep(self.poll_s)
             raise_if_requested()
             yield from self._collect(shards, pending)
-            if time.monotonic() - last_check >= self._state_interval(start):
+            if time.monotonic() - last_check >= self._state_interval(submitted):
                 submitit.SlurmJob.watcher.update()
                 self._release_requeued()
+                tally.sample(live)
                 last_check = time.monotonic()
             ended = [task for task in live if task.finished()]
             if ended:
                 yield from self._settle(ended, shards, pending)
                 live = [task for task in live if task not in ended]
-                live += yield from self._retry_or_fail(ended, pending, shards, generation)
+                resubmitted = yield from self._retry_or_fail(ended, pending, shards, generation)
+                live += resubmitted
+                tally.tasks += resubmitted
                 self._retire()
+        self.log(tally.line(self._stage(generation), len(requests), time.monotonic() - start))
 
     def close(self) -> None:
         """Cancel this run's queued and running tasks (unless keep_jobs); a second Ctrl-C/SIGTERM cannot stop it."""
@@ -169,8 +212,8 @@ class SlurmExecutor:
             folder = self.files.submission(self._stage(generation), attempt)
             executor = submitit.SlurmExecutor(folder, max_num_timeout=self.settings.max_retries, python=self.python)
             executor.update_parameters(**self.parameters)
-            work = [self.task(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device)
-                    for chunk in group]
+            work = [self.task(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device,
+                              self.threads) for chunk in group]
             try:
                 with clean_env():
                     jobs = executor.submit_array(work)
@@ -205,12 +248,12 @@ class SlurmExecutor:
         """Resubmit what ended tasks left unreported (returns the new tasks), or yield it as failed results."""
         retry: dict[int, list[str]] = {}
         for task in ended:
-            task.ended = True
             missing = [key for key in task.keys if key in pending]
+            task.end = "finished" if not missing else "retried" if task.attempt <= self.settings.max_retries else "failed"
             if not missing:
                 continue
             text = task.outcome()[1]
-            if task.attempt <= self.settings.max_retries:
+            if task.end == "retried":
                 self.log(f"{self._stage(generation)}: {text}; resubmitting {len(missing)} individuals "
                          f"(attempt {task.attempt + 1} of {self.settings.max_retries + 1})")
                 retry.setdefault(task.attempt + 1, []).extend(missing)

@@ -16,6 +16,7 @@ from submitit.helpers import Checkpointable
 
 from ..evaluator import Evaluator
 from ..prepare import prepare_evaluator, workload_device
+from ..threads import use_threads
 from ..workload import Workload
 from .base import EvalRequest
 from .jobs import published_keys, write_result
@@ -45,19 +46,21 @@ def inject_test_fault(attempt: int, position: int) -> None:
 
 
 class EvaluateChunk(Checkpointable):
-    """One array task: prepare the Evaluator once, then evaluate and publish the chunk one result at a time.
+    """One array task: set torch's threads (``threads``, else the task's allocation), prepare the Evaluator once,
+    then evaluate and publish the chunk one result at a time.
 
     Checkpointable: on preemption or time-out submitit pickles this object again and requeues the task; the
     restarted task skips every request whose result is already published.
     """
 
     def __init__(self, workload: Workload, items: list[tuple[str, EvalRequest]], folder: Path, attempt: int,
-                 device: str | None = None):
+                 device: str | None = None, threads: int | None = None):
         self.workload = workload
         self.items = items
         self.folder = Path(folder)
         self.attempt = attempt
         self.device = device
+        self.threads = threads
 
     def prepare(self, datasets: tuple[str, ...]) -> Evaluator:
         """The task's Evaluator with the named dataset blocks loaded (a subclass may score differently)."""
@@ -69,6 +72,7 @@ class EvaluateChunk(Checkpointable):
         todo = [(key, request) for key, request in self.items if key not in done]
         if not todo:
             return 0
+        print(f"torch threads {use_threads(self.threads)}", flush=True)
         evaluator = self.prepare(tuple(sorted({request.dataset for _, request in todo})))
         for position, (key, request) in enumerate(todo):
             result = evaluator.evaluate(request.genome, request.dataset, request.race)

@@ -1,0 +1,82 @@
+"""The log file of a run (``problem.log_file``, from the reference tool): everything ``explore`` or ``launch``
+prints, on the console as before and in the file, each line with a timestamp.
+
+The file lives in the results folder unless the path is absolute, and is appended to unless
+``problem.clear_log_file``. Progress bars are written with carriage returns; the file keeps only the last state
+of such a line, without terminal controls.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from .errors import UserError
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal controls of progress bars
+from .workload import Workload
+
+
+def log_path(workload: Workload) -> Path | None:
+    """Where the run's log goes (None: the workload asks for none)."""
+    name = workload.spec.problem.log_file
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else workload.results_dir() / path
+
+
+class _Tee:
+    """A text stream that writes through to ``stream`` and, line by line with a timestamp, to ``log``."""
+
+    def __init__(self, stream: TextIO, log: TextIO):
+        self.stream = stream
+        self.log = log
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            line = ANSI.sub("", line.rsplit("\r", 1)[-1])
+            if line.strip():
+                self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def run_log(workload: Workload, command: str) -> Iterator[None]:
+    """Within the block, copy stdout and stderr into the workload's log file (nothing when it has none)."""
+    path = log_path(workload)
+    if path is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(path, "w" if workload.spec.problem.clear_log_file else "a", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"Cannot open the log file {path} (problem.log_file): {exc.strerror or exc}.") from None
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    try:
+        print(f"qsx-batch {command} started (workload {workload.path})", file=sys.stderr)
+        yield
+    finally:
+        for tee in (sys.stdout, sys.stderr):
+            if tee.pending.strip():
+                tee.write("\n")
+        sys.stdout, sys.stderr = streams
+        log.close()
