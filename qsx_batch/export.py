@@ -6,9 +6,9 @@ For each individual, three files named ``individual-<row>``:
   per layer its sparsity threshold and tile; the individual's stored scores; the workload hash and versions.
 - ``.pt``: the fake-quantized model as fp32 weights, quantizer amax, the genome and the workload it belongs to;
   :func:`load_exported` rebuilds it in PyTorch with the individual's settings, scoring as the search scored it.
-- ``.onnx``: only where ONNX can express the individual (every quantizer at 8 bits: opset 13, one
-  QuantizeLinear/DequantizeLinear pair per quantizer; no sparsity threshold above 0). Other individuals get a
-  message saying why.
+- ``.onnx``: only where ONNX can express the individual: every quantizer at 8 or 4 bits (opset 13 when all are
+  8 bits, else opset 21, whose QuantizeLinear/DequantizeLinear take int4), one Q/DQ pair per quantizer, and no
+  sparsity threshold above 0. Other individuals get a message saying why.
 """
 
 from __future__ import annotations
@@ -51,30 +51,103 @@ def recipe(run: Run, row: int, workload: Workload, problem: Problem, input_shape
     }
 
 
+ONNX_WIDTHS = {8: 13, 4: 21}  # bits -> the lowest opset whose QuantizeLinear takes that integer type
+
+
 def onnx_refusal(settings: dict) -> str:
     """Why ONNX cannot express these settings ('' when it can)."""
     if any(layer["threshold"] > 0 for layer in settings.get("sparsity", [])):
         return "ONNX has no operator that zeroes the tiles of a layer input below a threshold"
     widths = sorted({q["bits"] for q in settings.get("quantizers", [])})
-    if widths and widths != [8]:
-        return (f"its bit widths {widths} are not all 8: ONNX QuantizeLinear/DequantizeLinear hold 8-bit integers "
-                "(int4 needs opset 21, which torch's ONNX exporter does not write)")
+    if any(bits not in ONNX_WIDTHS for bits in widths):
+        return (f"its bit widths {widths} are not all 8 or 4: ONNX QuantizeLinear/DequantizeLinear hold int8 and "
+                "(opset 21) int4 integers")
     return ""
 
 
-def write_onnx(problem: Problem, sample: torch.Tensor, path: Path) -> None:
-    """Export the configured model with a QuantizeLinear/DequantizeLinear pair per enabled quantizer."""
+def quantizer_call_order(problem: Problem, sample: torch.Tensor) -> list[str]:
+    """The enabled quantizers' names in the order a forward pass runs them (the order of the exported Q/DQ pairs)."""
+    order: list[str] = []
+    handles = [q.register_forward_pre_hook(lambda module, inputs, name=name: order.append(name))
+               for name, q in problem.quantizers if q._disabled is False]
+    try:
+        with torch.inference_mode():
+            problem.model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def write_onnx(problem: Problem, sample: torch.Tensor, path: Path, settings: dict) -> None:
+    """Export the configured model with a QuantizeLinear/DequantizeLinear pair per enabled quantizer. 4-bit
+    quantizers are exported as 8-bit ones, then their pairs get int4 zero points and scales ``amax / 7`` at
+    opset 21."""
+    import onnx
+
     model = problem.model.cpu().eval()
+    bits = {q["name"]: q["bits"] for q in settings["quantizers"]}
+    narrow = {name: q for name, q in problem.quantizers if bits[name] == 4}
+    order = quantizer_call_order(problem, sample.cpu())
     previous = quant_nn.TensorQuantizer.use_fb_fake_quant
     quant_nn.TensorQuantizer.use_fb_fake_quant = True  # torch's fake-quantize ops, which export as Q/DQ
+    for q in narrow.values():
+        q._num_bits = 8  # torch's exporter writes int8 only; the pairs are narrowed below
     try:
         with warnings.catch_warnings():  # the tracer notes that amax becomes a constant: intended here
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, (sample.cpu(),), str(path), opset_version=ONNX_OPSET, dynamo=False,
+            torch.onnx.export(model, (sample.cpu(),), str(path), opset_version=ONNX_WIDTHS[8], dynamo=False,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     finally:
         quant_nn.TensorQuantizer.use_fb_fake_quant = previous
+        for q in narrow.values():
+            q._num_bits = 4
+    if narrow:
+        graph = onnx.load(str(path))
+        narrow_to_int4(graph, order, {name: q._amax.detach().cpu().flatten().numpy() for name, q in narrow.items()})
+        onnx.save(graph, str(path))
+
+
+def narrow_to_int4(model, order: list[str], amax: dict[str, np.ndarray]) -> None:
+    """Give the Q/DQ pairs of the quantizers in ``amax`` (named by ``order``, the pairs' order in the graph) int4
+    zero points and scales ``amax / 7``, and raise the model to opset 21."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    if len(quantize) != len(order):
+        raise RuntimeError(f"the ONNX graph has {len(quantize)} QuantizeLinear nodes for {len(order)} quantizers")
+    consumers = {name: node for node in graph.node for name in node.input}
+    constants = {out: node for node in graph.node if node.op_type == "Constant" for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+
+    def dims(name: str) -> list[int]:
+        tensor = initializers[name] if name in initializers else constants[name].attribute[0].t
+        return list(tensor.dims)
+
+    def replace(name: str, tensor) -> None:
+        if name in initializers:
+            initializers[name].CopyFrom(tensor)
+        else:
+            node = constants[name]
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("value", tensor))
+
+    for node, quantizer in zip(quantize, order):
+        if quantizer not in amax:
+            continue
+        scale = (amax[quantizer] / 7.0).astype(np.float32)
+        for pair in (node, consumers[node.output[0]]):  # the QuantizeLinear and its DequantizeLinear
+            shape = dims(pair.input[1])
+            replace(pair.input[1], numpy_helper.from_array(scale.reshape(shape), pair.input[1]))
+            replace(pair.input[2], helper.make_tensor(pair.input[2], TensorProto.INT4, shape, [0] * scale.size))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, ONNX_WIDTHS[4])
+    model.ir_version = max(model.ir_version, 10)
+    onnx.checker.check_model(model)
 
 
 def export_individual(run: Run, row: int, workload: Workload, problem: Problem, sample: torch.Tensor,
@@ -95,7 +168,7 @@ def export_individual(run: Run, row: int, workload: Workload, problem: Problem, 
     refusal = onnx_refusal(settings)
     if not refusal:
         problem.configure_trainable(genome)
-        write_onnx(problem, sample, Path(f"{stem}.onnx"))
+        write_onnx(problem, sample, Path(f"{stem}.onnx"), settings)
         files.append(Path(f"{stem}.onnx"))
     return files, refusal
 

@@ -68,7 +68,7 @@ def test_all_8_bit_individual_exports_to_onnx_and_pytorch(quant_workload, tmp_pa
     session = onnxruntime.InferenceSession(str(out / f"individual-{eight}.onnx"))
     inputs, labels = _batches(samples)
     logits = session.run(None, {"input": inputs.numpy()})[0]
-    assert float((logits.argmax(1) == labels.numpy()).mean()) == pytest.approx(stored, abs=0.005)
+    assert float((logits.argmax(1) == labels.numpy()).mean()) == pytest.approx(stored, abs=0.005 + 1e-9)
     assert not (out / f"individual-{other}.onnx").exists()
 
 
@@ -83,3 +83,25 @@ def test_sparsity_individual_exports_its_thresholds(sparsity_workload, tmp_path)
     assert {layer["block_width"] for layer in recipe["sparsity"]} == {4}
     assert _accuracy(load_exported(out / f"individual-{row}.pt"), samples) == run.individuals["accuracy"][row]
     assert not (out / f"individual-{row}.onnx").exists()
+
+
+def test_4_bit_individual_exports_int4_at_opset_21(quant_workload, tmp_path):
+    run, samples = _run(tmp_path, quant_workload, [4], "q4")
+    four = int(np.flatnonzero((run.individuals["params"] == 4).all(axis=1))[0])
+    out = tmp_path / "export"
+    assert main(["export", str(run.path), "--index", str(four), "--out", str(out)]) == 0
+    model = onnx.load(out / f"individual-{four}.onnx")
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {21}
+    zero_points = {init.name: init.data_type for init in model.graph.initializer}
+    zero_points.update({node.output[0]: node.attribute[0].t.data_type for node in model.graph.node
+                        if node.op_type == "Constant"})
+    pairs = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert len(pairs) == len(run.gene_names)
+    assert {zero_points[node.input[2]] for node in pairs} == {onnx.TensorProto.INT4}
+    options = onnxruntime.SessionOptions()  # onnxruntime's extended optimizations move int4 pairs across MaxPool,
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC  # which rejects int4
+    inputs, labels = _batches(samples)
+    logits = onnxruntime.InferenceSession(str(out / f"individual-{four}.onnx"), options).run(
+        None, {"input": inputs.numpy()})[0]
+    stored = float(run.individuals["accuracy"][four])
+    assert float((logits.argmax(1) == labels.numpy()).mean()) == pytest.approx(stored, abs=0.005 + 1e-9)

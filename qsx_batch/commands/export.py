@@ -8,11 +8,11 @@ from pathlib import Path
 from .options import add_followup
 
 NAME = "export"
-HELP = "write a recipe, a fake-quantized PyTorch model and (8-bit) ONNX of chosen individuals"
+HELP = "write a recipe, a fake-quantized PyTorch model and (8/4-bit) ONNX of chosen individuals"
 DESCRIPTION = ("For each chosen individual: individual-<row>.recipe.json (per quantizer layer, role, bits, amax; per "
                "layer threshold and tile; workload hash and versions), individual-<row>.pt (load it with "
                "qsx_batch.export.load_exported), and individual-<row>.onnx when ONNX can express it (all "
-               "quantizers at 8 bits, no sparsity).")
+               "quantizers at 8 or 4 bits, no sparsity).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
