@@ -4,8 +4,8 @@
 # bound into the container, a GPU that was asked for but is not usable, a SLURM client missing for `launch`.
 set -eu
 
-COMMANDS="explore launch calibrate inspect plot evaluate retrain validate train blocks energy"
-RESULTS_COMMANDS="inspect plot evaluate retrain"                      # their .h5 argument is an input
+COMMANDS="explore launch calibrate inspect plot evaluate retrain export validate train blocks energy"
+RESULTS_COMMANDS="inspect plot evaluate retrain export"               # their .h5 argument is an input
 GPU_COMMANDS="explore calibrate train evaluate retrain blocks energy"  # these compute in this container
 
 say() {
