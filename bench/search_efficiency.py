@@ -1,12 +1,20 @@
-"""Search efficiency: NSGA-II with and without racing on the embedded default workloads, seeds 0-4.
+"""Search efficiency: racing, the joint problem, and the sensitivity head start, seeds 0-4.
 
-Usage: python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--generations G] [--json out.json]
+Usage: python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--generations G] [--only racing|joint|head-start]
+       [--json out.json] [--keep DIR]
 
-For each problem (quantization, sparsity) and seed it runs the same number of generations twice (racing off and
-on) and reports: final hypervolume, hypervolume per evaluation-second and per sample evaluated, the samples spent,
-and how many points of the full run's final Pareto front the racing run misses. It also runs the joint problem
-once and counts its front points with lower effective BitOps than any quantization-only front point of at least
-the same accuracy (quantization-only individuals scored with zero thresholds under the joint cost).
+Racing: for each problem (quantization, sparsity) and seed the same number of generations twice (racing off and
+on): final hypervolume, hypervolume per evaluation-second and per sample evaluated, the samples spent, and how many
+points of the full run's final Pareto front the racing run misses. Joint: the joint problem once, counting its
+front points with lower effective BitOps than any quantization-only front point of at least the same accuracy
+(quantization-only individuals scored with zero thresholds under the joint cost).
+
+Head start (issue 13): for the embedded LeNet-5 quantization workload and a CIFAR-sized ResNet-8 (trained here
+first on MNIST padded to 3x32x32, bench/mnist32.py), each seed runs the search twice, with
+``initial_population: random`` and ``sensitivity``. Reported: the evaluation-seconds (the sensitivity sweep
+included) the sensitivity start needs to reach the hypervolume the random start has at its last generation, as a
+fraction of the random start's evaluation-seconds (median over seeds; target at most 0.5), and whether the final
+hypervolume is not lower.
 """
 
 from __future__ import annotations
@@ -96,16 +104,134 @@ def joint_table(tmp: Path, generations: int | None) -> dict:
             "joint_results": str(tmp / "joint-0-False.h5")}
 
 
+BENCH = Path(__file__).resolve().parent
+RESNET_POP, RESNET_GENERATIONS = 24, 20
+
+
+def _resnet_workload(tmp: Path) -> dict:
+    """ResNet-8 on 3x32x32 digits; its weights are trained once (``qsx-batch train``) and kept in ``tmp``."""
+    block = {"type": "mnist32:make", "batch_size": 128}
+    data = {"workload": {
+        "name": "resnet8_digits32_quantization", "seed": 0, "results": str(tmp),
+        "problem": {"problem_function": "quantization_problem", "layer_types": ["Conv2d", "Linear"]},
+        "model": {"type": "resnet8", "weights": str(tmp / "resnet8_digits32.pt")},
+        "calibration": {"method": "max", "datasets": {"calibrate": {**block, "split": "calibrate", "sample_limit": 256}}},
+        "exploration": {
+            "nsga": {"pop_size": RESNET_POP, "offsprings": RESNET_POP, "generations": RESNET_GENERATIONS},
+            "allowable_accuracy_drop": 0.02,
+            "datasets": {"exploration": {**block, "split": "validation", "sample_limit": 384}},
+            "extra_args": {"num_bits_lower_limit": 2, "num_bits_upper_limit": 8,
+                           "bit_weighting_function": "bits_weighted_linear"}},
+        "training": {"epochs": 6, "learning_rate": 0.002, "datasets": {
+            "train": {**block, "split": "train", "batch_size": 64}, "validation": {**block, "split": "validation"}}},
+    }}
+    weights = tmp / "resnet8_digits32.pt"
+    if not weights.exists():
+        path = tmp / "resnet8-train.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        if qsx(["train", str(path)]):
+            sys.exit("training the ResNet-8 failed")
+    return data
+
+
+def _head_start_run(tmp: Path, name: str, base: dict, seed: int, start: str, generations: int | None):
+    out = tmp / f"{name}-{seed}-{start}.h5"
+    if out.exists():
+        return results.open(out)
+    data = json.loads(json.dumps(base))
+    w = data["workload"]
+    w["seed"], w["results"] = seed, str(tmp)
+    w["exploration"]["initial_population"] = start
+    if generations:
+        w["exploration"]["nsga"]["generations"] = generations
+    path = tmp / f"{name}-{seed}-{start}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    if qsx(["explore", str(path), "-o", str(out), "--skip-baseline"]):
+        sys.exit(f"run {out} failed")
+    return results.open(out)
+
+
+def seconds_to_reach(run, target: float) -> float:
+    """Evaluation-seconds (sweep included) when the population's hypervolume first reaches ``target`` (inf:
+    never)."""
+    g = run.generations
+    reached = np.flatnonzero(g["hypervolume"] >= target - 1e-12)
+    return float(g["eval_seconds"][reached[0]]) if len(reached) else float("inf")
+
+
+def head_start_table(tmp: Path, seeds: list[int], generations: int | None) -> list[dict]:
+    sys.path.insert(0, str(BENCH))  # mnist32:make, the ResNet's dataset
+    lenet = yaml.safe_load((WORKLOADS / "lenet5_mnist_quantization.yaml").read_text())
+    lenet["workload"]["model"]["weights"] = str(WORKLOADS.parent / "weights" / "lenet5_mnist.pt")
+    rows = []
+    for name, base in (("lenet5", lenet), ("resnet8", _resnet_workload(tmp))):
+        for seed in seeds:
+            random_run = _head_start_run(tmp, name, base, seed, "random", generations)
+            sens_run = _head_start_run(tmp, name, base, seed, "sensitivity", generations)
+            target = float(random_run.generations["hypervolume"][-1])
+            budget = float(random_run.generations["eval_seconds"][-1])
+            sweep = sens_run.table("sensitivity")
+            reach = seconds_to_reach(sens_run, target)
+            rows.append({
+                "workload": name, "seed": seed, "random_hv": target, "random_eval_seconds": budget,
+                "sensitivity_hv": float(sens_run.generations["hypervolume"][-1]),
+                "sensitivity_eval_seconds": float(sens_run.generations["eval_seconds"][-1]),
+                "sweep_evaluations": int(sweep.rows), "sweep_seconds": float(np.sum(sweep["eval_seconds"])),
+                "seconds_to_random_final_hv": reach, "fraction_of_random_seconds": reach / budget,
+                "generation_reached": int(np.argmax(sens_run.generations["hypervolume"] >= target - 1e-12))
+                if np.isfinite(reach) else None,
+            })
+    return rows
+
+
+def head_start_summary(rows: list[dict]) -> dict:
+    summary = {}
+    print(f"{'workload':<9}{'seed':>5}{'random HV':>10}{'sens HV':>9}{'random s':>9}{'sweep s':>8}{'reach s':>8}"
+          f"{'fraction':>9}{'at gen':>7}")
+    for r in rows:
+        print(f"{r['workload']:<9}{r['seed']:>5}{r['random_hv']:>10.4f}{r['sensitivity_hv']:>9.4f}"
+              f"{r['random_eval_seconds']:>9.1f}{r['sweep_seconds']:>8.1f}{r['seconds_to_random_final_hv']:>8.1f}"
+              f"{r['fraction_of_random_seconds']:>9.3f}{str(r['generation_reached']):>7}")
+    for name in dict.fromkeys(r["workload"] for r in rows):
+        mine = [r for r in rows if r["workload"] == name]
+        fraction = statistics.median(r["fraction_of_random_seconds"] for r in mine)
+        not_lower = sum(r["sensitivity_hv"] >= r["random_hv"] for r in mine)
+        summary[name] = {"median_fraction": fraction, "final_hv_not_lower": not_lower, "seeds": len(mine),
+                         "met": fraction <= 0.5 and not_lower == len(mine)}
+        print(f"{name}: the sensitivity start reaches the random start's final hypervolume with {fraction:.3f}x its "
+              f"evaluation-seconds (median; target <= 0.5); final hypervolume not lower in {not_lower} of "
+              f"{len(mine)} seeds -> {'met' if summary[name]['met'] else 'NOT met'}")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--generations", type=int, help="override the workloads' generations")
     parser.add_argument("--json", type=Path, help="write the tables as JSON")
     parser.add_argument("--keep", type=Path, help="keep the runs' results files in this folder (and reuse them)")
+    parser.add_argument("--only", choices=["racing", "joint", "head-start"], help="run one part (default: all)")
     args = parser.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="qsx-search-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    rows = racing_table(tmp, args.seeds, args.generations)
+    report = {}
+    if args.only in (None, "racing"):
+        report.update(racing_report(tmp, args.seeds, args.generations))
+    if args.only in (None, "joint"):
+        joint = joint_table(tmp, args.generations)
+        print(f"joint problem: {len(joint['joint_better'])} of {joint['joint_front']} front points have lower "
+              f"effective BitOps than every quantization-only front point of at least the same accuracy "
+              f"({joint['joint_results']})")
+        report["joint"] = joint
+    if args.only in (None, "head-start"):
+        rows = head_start_table(tmp, args.seeds, args.generations)
+        report["head_start"] = {"runs": rows, "summary": head_start_summary(rows)}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def racing_report(tmp: Path, seeds: list[int], generations: int | None) -> dict:
+    rows = racing_table(tmp, seeds, generations)
     print(f"{'problem':<13}{'seed':>5}{'racing':>8}{'HV':>8}{'eval s':>8}{'samples':>10}{'HV/s':>8}"
           f"{'HV/Msample':>11}{'raced':>7}{'missed':>7}")
     for r in rows:
@@ -124,11 +250,7 @@ def main() -> None:
         s = summary[problem]
         print(f"{problem}: racing reaches {s['hv_ratio_median']:.3f}x the hypervolume with "
               f"{s['sample_ratio_median']:.2f}x fewer samples and {s['seconds_ratio_median']:.2f}x less evaluation time")
-    joint = joint_table(tmp, args.generations)
-    print(f"joint problem: {len(joint['joint_better'])} of {joint['joint_front']} front points have lower effective "
-          f"BitOps than every quantization-only front point of at least the same accuracy ({joint['joint_results']})")
-    if args.json:
-        args.json.write_text(json.dumps({"runs": rows, "summary": summary, "joint": joint}, indent=1))
+    return {"runs": rows, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 # bound into the container, a GPU that was asked for but is not usable, a SLURM client missing for `launch`.
 set -eu
 
-COMMANDS="explore launch calibrate inspect plot evaluate retrain export validate train blocks energy"
+COMMANDS="explore launch sensitivity calibrate inspect plot evaluate retrain export validate train blocks energy"
 RESULTS_COMMANDS="inspect plot evaluate retrain export"               # their .h5 argument is an input
-GPU_COMMANDS="explore calibrate train evaluate retrain blocks energy"  # these compute in this container
+GPU_COMMANDS="explore sensitivity calibrate train evaluate retrain blocks energy"  # these compute in this container
 
 say() {
     printf 'qsx-entrypoint: %s\n' "$*" >&2

@@ -3,7 +3,8 @@
 Figures: ``<stem>-pareto`` (accuracy vs cost of every individual, coloured by generation, with the Pareto front),
 ``<stem>-front-bits`` (input and weight bits per layer of the front; quantizing runs),
 ``<stem>-front-sparsity`` (thresholds and created zero blocks per layer of the front; sparsity and joint runs), and
-``<stem>-hypervolume`` (per generation).
+``<stem>-hypervolume`` (per generation) and, when the file holds a sensitivity sweep, ``<stem>-sensitivity`` (a heat
+map of the accuracy per gene and swept value).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def pareto_figure(run: "Run") -> "Figure":
     _draw_baseline(run, ax)
     ax.set_xlabel(run.cost_label)
     ax.set_ylabel(ACCURACY_LABEL)
-    ax.legend(loc="best", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # a file holding only a sensitivity sweep has no individual yet
+        ax.legend(loc="best", fontsize="small")
     return fig
 
 
@@ -146,6 +148,32 @@ def hypervolume_figure(run: "Run") -> "Figure":
     return fig
 
 
+def sensitivity_figure(run: "Run") -> "Figure":
+    """Heat map of the sensitivity sweep: accuracy per gene and parameter, one panel per set of swept values."""
+    from matplotlib.figure import Figure
+
+    sweep = run.sensitivity()
+    groups = sweep.groups()
+    heights = [max(2.0, 0.28 * len(genes) + 1.2) for _, genes in groups]
+    fig = Figure(figsize=(8, sum(heights) + 0.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(groups), 1, height_ratios=heights))
+    fig.suptitle(f"{run.header.workload_name}: sensitivity (one gene swept, the others neutral; reference "
+                 f"accuracy {sweep.reference_accuracy:.4f})")
+    for ax, (params, genes) in zip(axes, groups):
+        grid = sweep.grid(params, genes)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                          vmax=sweep.reference_accuracy if np.isfinite(sweep.reference_accuracy) else 1)
+        ax.set_xticks(range(len(params)), [f"{p:.4g}" for p in params])
+        ax.set_yticks(range(len(genes)), [run.gene_names[g] for g in genes], fontsize=7)
+        ax.set_xlabel("bits" if run.bits and all(p == int(p) for p in params) else "threshold")
+        if grid.size <= 400:
+            for (i, j), value in np.ndenumerate(grid):
+                ax.text(j, i, "-" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=6,
+                        color="white" if np.isnan(value) or value < np.nanmean(grid) else "black")
+        fig.colorbar(image, ax=ax, label="accuracy")
+    return fig
+
+
 def plot_run(run: "Run", out: Path, formats: list[str], max_lines: int = 10) -> list[Path]:
     """Write every figure of ``run`` into ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -157,4 +185,6 @@ def plot_run(run: "Run", out: Path, formats: list[str], max_lines: int = 10) -> 
             figures["front-bits"] = front_bits_figure(run, max_lines)
         if "threshold" in columns:
             figures["front-sparsity"] = front_sparsity_figure(run, max_lines)
+    if run.sensitivity() is not None:
+        figures["sensitivity"] = sensitivity_figure(run)
     return [path for name, fig in figures.items() for path in _save(fig, out, f"{stem}-{name}", formats)]

@@ -13,6 +13,7 @@ import numpy as np
 from .analysis import REFERENCE_POINT
 from .result import Status
 from .results import Run
+from .store.format import SENSITIVITY
 
 def format_params(values: np.ndarray, bits: bool) -> str:
     """Bit widths as integers, thresholds with three significant digits."""
@@ -90,6 +91,8 @@ def follow_up_text(run: Run) -> str:
     """Re-evaluations and retraining results stored by ``evaluate`` and ``retrain``."""
     blocks = []
     for name, t in run.follow_ups.items():
+        if name == SENSITIVITY:  # its own view: sensitivity_text
+            continue
         shown = ("individual", "dataset", "epoch", "loss", "accuracy", "samples", "cost", "weights")
         columns = [c for c in shown if c in t]
         cells = [[f"{t[c][i]:.4f}" if isinstance(t[c][i], float) else str(t[c][i]) for c in columns]
@@ -98,6 +101,23 @@ def follow_up_text(run: Run) -> str:
         lines = [name] + ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [columns] + cells]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def sensitivity_text(run: Run) -> str:
+    """The sensitivity sweep as accuracy tables: one row per gene, one column per parameter value."""
+    sweep = run.sensitivity()
+    if sweep is None:
+        return f"{run.path} holds no sensitivity sweep; make one with: qsx-batch sensitivity --resume {run.path}"
+    lines = [f"sensitivity: accuracy with one gene swept, every other gene neutral (reference accuracy "
+             f"{sweep.reference_accuracy:.4f}; '-': failed or not evaluated)"]
+    width = max(len(name) for name in run.gene_names)
+    for params, genes in sweep.groups():
+        unit = "bits" if run.bits and all(p == int(p) for p in params) else "threshold"
+        lines += ["", f"{unit:>{width}}  " + " ".join(f"{p:>8.4g}" for p in params)]
+        for gene, accuracy in zip(genes, sweep.grid(params, genes)):
+            lines.append(f"{run.gene_names[gene]:>{width}}  "
+                         + " ".join(f"{'-':>8}" if np.isnan(a) else f"{a:>8.4f}" for a in accuracy))
+    return "\n".join(lines)
 
 
 def table_rows(run: Run, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:

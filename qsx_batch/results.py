@@ -19,7 +19,8 @@ from .errors import UserError
 from .result import Status
 from .store import (RunHeader, Table, minimum_accuracy, open_results, read_header, read_table, stored_workload,
                     table_names)
-from .store.format import REEVALUATIONS
+from .sensitivity import Sensitivity
+from .store.format import REEVALUATIONS, SENSITIVITY
 
 if TYPE_CHECKING:
     import pandas
@@ -41,7 +42,7 @@ class Run:
     individuals: Table
     baseline: Table
     generations: Table
-    follow_ups: dict[str, Table] = field(default_factory=dict)  # reevaluations, retraining
+    follow_ups: dict[str, Table] = field(default_factory=dict)  # reevaluations, retraining, sensitivity
 
     @property
     def count(self) -> int:
@@ -73,7 +74,8 @@ class Run:
         return f"{self.header.cost_name} [{self.header.cost_unit}]"
 
     def table(self, name: str) -> Table:
-        """A table by name: ``individuals``, ``baseline``, ``generations``, ``reevaluations``, ``retraining``."""
+        """A table by name: ``individuals``, ``baseline``, ``generations``, ``reevaluations``, ``retraining``,
+        ``sensitivity``."""
         tables = {"individuals": self.individuals, "baseline": self.baseline, "generations": self.generations,
                   **self.follow_ups}
         if name not in tables:
@@ -120,6 +122,12 @@ class Run:
         ind = self.individuals
         return cumulative_hypervolume(ind["objectives"], ind["constraint"], ind["status"], ind["generation"],
                                       self.header, self.generations.rows)
+
+    def sensitivity(self) -> Sensitivity | None:
+        """The sensitivity sweep stored by ``qsx-batch sensitivity`` or ``initial_population: sensitivity`` (None
+        when the file holds none)."""
+        table = self.follow_ups.get(SENSITIVITY)
+        return Sensitivity.from_table(table, self.gene_names) if table is not None and table.rows else None
 
     def reevaluated(self, dataset: str) -> dict[int, tuple[float, int, float]]:
         """Individual -> (accuracy, samples, cost) of the individuals re-evaluated ok on ``dataset`` (dotted key)."""

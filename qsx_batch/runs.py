@@ -7,12 +7,13 @@ import errno
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
 from .executors.base import Executor
+from .initial_population import given_genomes
 from .interrupts import Interrupted
 from .prepare import metric_names
 from .problems import Problem
@@ -24,7 +25,8 @@ from .workload import Workload, differing_keys, load_workload
 def open_resumed(path: Path, workload_file: str | None = None,
                  generations: int | None = None) -> tuple[Workload, ResultsWriter]:
     """Reopen a stopped, killed or finished run for appending (its file is opened once) with its workload: the
-    one stored in the file, or ``workload_file``, which may differ from it only in ``exploration.nsga.generations``.
+    one stored in the file, or ``workload_file``, which may differ from it only in ``exploration.nsga.generations``
+    (and in where its relative inputs are: they resolve against the given file's folder).
     ``generations`` (or that different value) extends or continues the run to that many generations."""
     writer = open_for_append(path)
     with closed_on_failure(writer):
@@ -41,6 +43,7 @@ def open_resumed(path: Path, workload_file: str | None = None,
                     "(or use --generations); resume with the stored workload (omit the workload argument) or start "
                     "a new run.")
             generations = generations or given.spec.exploration.nsga.generations
+            workload = given  # its inputs resolve against its own folder (e.g. another machine's weights path)
         return (workload if generations is None else workload.with_generations(generations)), writer
 
 
@@ -69,7 +72,9 @@ def default_output(workload: Workload) -> Path:
 
 
 def create_run(workload: Workload, problem: Problem, output: Path | None) -> ResultsWriter:
-    """A new results file for the workload's run (``output``, or :func:`default_output`)."""
+    """A new results file for the workload's run (``output``, or :func:`default_output`); starting individuals
+    that do not fit the problem are refused before it exists."""
+    given_genomes(workload.spec.exploration, problem)
     return create_results(output or default_output(workload),
                           run_header(workload, problem, metric_names(workload, problem)))
 
@@ -96,26 +101,34 @@ def ensure_writable(folder: Path) -> None:
                         "--output or the workload's 'results' key; nothing was submitted.") from None
 
 
-def run_search(workload: Workload, problem: Problem, executor: Executor, writer: ResultsWriter,
-               options: SearchOptions, command: str) -> int:
-    """Run the search to its end; on any stop the executor is closed, the results file closed cleanly and the
-    resume command (``qsx-batch COMMAND --resume FILE``) printed. Returns the exit status (130 when stopped)."""
-    resume_hint = f"qsx-batch {command} --resume {writer.path}"
-    if workload.spec.exploration.nsga.generations != writer.workload().spec.exploration.nsga.generations:
-        resume_hint += f" --generations {workload.spec.exploration.nsga.generations}"
+def run_to_end(work: Callable[[], None], executor: Executor, writer: ResultsWriter, resume_hint: str) -> int:
+    """Run ``work`` to its end; on any stop the executor is closed, the results file closed cleanly and
+    ``resume_hint`` (the command that continues) printed. Returns the exit status (130 when stopped)."""
     try:
-        Search(workload, problem, executor, writer, options).run()
+        work()
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({exc or 'Ctrl-C'}); every finished individual is stored in {writer.path}.\n"
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); every finished evaluation is stored in {writer.path}.\n"
               f"resume with: {resume_hint}", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.errno == errno.ENOSPC or "No space" in str(exc):
-            raise UserError(f"The disk holding {writer.path} is full. Individuals finished before are stored; "
+            raise UserError(f"The disk holding {writer.path} is full. Evaluations finished before are stored; "
                             f"free space and resume with: {resume_hint}") from None
         raise
     finally:
         executor.close()
         writer.close()
-    print(f"done: {writer.path}\ninspect with: qsx-batch inspect {writer.path}")
     return 0
+
+
+def run_search(workload: Workload, problem: Problem, executor: Executor, writer: ResultsWriter,
+               options: SearchOptions, command: str) -> int:
+    """Run the search to its end (:func:`run_to_end`, the hint ``qsx-batch COMMAND --resume FILE``)."""
+    resume_hint = f"qsx-batch {command} --resume {writer.path}"
+    if workload.spec.exploration.nsga.generations != writer.workload().spec.exploration.nsga.generations:
+        resume_hint += f" --generations {workload.spec.exploration.nsga.generations}"
+    status = run_to_end(lambda: Search(workload, problem, executor, writer, options).run(), executor, writer,
+                        resume_hint)
+    if status == 0:
+        print(f"done: {writer.path}\ninspect with: qsx-batch inspect {writer.path}")
+    return status

@@ -26,12 +26,15 @@ from tqdm import tqdm
 
 from .analysis import hypervolume, pareto_mask, usable
 from .errors import UserError
-from .executors.base import EvalRequest, Executor
+from .executors.base import BASELINE_STAGE, EvalRequest, Executor
+from .initial_population import given_genomes
 from .metrics import check_racing
 from .problems import Problem
 from .racing import RaceContext
 from .result import IndividualResult, Status, genome_key
+from .sensitivity import measure_sensitivity, stored_result
 from .store import ResultsWriter, RunHeader
+from .store.format import SENSITIVITY
 from .versions import package_versions
 from .workload import NsgaSpec, Workload
 
@@ -122,10 +125,22 @@ class Search:
         for i, genome in enumerate(ind.get("genome", [])):
             self.cache[genome_key(genome)] = _Scored(i, tuple(ind["fitness"][i]), float(ind["constraint"][i]),
                                                     int(ind["samples"][i]), float(ind["eval_seconds"][i]))
+        self._load_sweep()
         self.stored_generations = len(self.writer.read("generations")["evaluated"])
         self.stored_minimum = self.writer.minimum_accuracy()
         base = self.writer.read("baseline")
         self.baseline_stored = set(zip(base["label"], base["dataset"]))
+
+    def _load_sweep(self) -> None:
+        """Results of the sensitivity sweep, reused when the search proposes one of its genomes."""
+        sweep = self.writer.read(SENSITIVITY)
+        self.swept = {genome_key(sweep["genome"][i]): stored_result(sweep, i) for i in range(sweep.rows)
+                      if sweep["status"][i] == Status.OK}
+
+    def _sweep_only(self) -> tuple[float, int]:
+        """Evaluation seconds and samples of the sweep's genomes the search has not met (these count too)."""
+        only = [r for key, r in self.swept.items() if key not in self.cache]
+        return float(sum(r.eval_seconds for r in only)), int(sum(r.samples for r in only))
 
     def _log(self, msg: str) -> None:
         if self.options.verbose:
@@ -143,7 +158,7 @@ class Search:
             requests = [EvalRequest(None, "exploration", "fp32")] if needed else []
         requests = [r for r in requests if (r.label, r.dataset) not in self.baseline_stored]
         if requests:
-            for request, result, _ in self.executor.run(requests, generation=-1):
+            for request, result, _ in self.executor.run(requests, generation=BASELINE_STAGE):
                 self.writer.append_baseline(request.label, request.dataset, result)
                 self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
                                  f"  {self.problem.cost_name} {result.cost:.6g}"
@@ -219,31 +234,53 @@ class Search:
         pending: dict[tuple, EvalRequest] = {}
         race = self.race_context() if any(k not in self.cache for k in keys) else None
         for key, genome in zip(keys, genomes):
-            if key not in self.cache and key not in pending:
+            if key not in self.cache and key in self.swept:  # evaluated by the sensitivity sweep: stored, not run
+                self._store(self.swept[key], generation, 1)
+            elif key not in self.cache and key not in pending:
                 pending[key] = EvalRequest(np.asarray(genome, dtype=float), race=race)
         bar = tqdm(total=len(pending), desc=f"gen {generation}", unit="ind", leave=False,
                    disable=not self.options.progress or not pending)
         for request, result, attempt in self.executor.run(list(pending.values()), generation):
-            fitness, constraint = self._score(result)
-            row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
-            self.cache[genome_key(request.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
+            self._store(result, generation, attempt)
             bar.update(1)
-            self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
-                      f"{result.cost:.6g} params {np.array2string(result.params, precision=3, max_line_width=200)}"
-                      + (f" [{result.status}: {result.error}]" if not result.ok else ""))
         bar.close()
         missing = [k for k in keys if k not in self.cache]
         if missing:
             raise RuntimeError(f"{len(missing)} individuals of generation {generation} returned no result")
         return [self.cache[k] for k in keys]
 
+    def _store(self, result: IndividualResult, generation: int, attempt: int) -> None:
+        """Score one result, append it to the individuals and cache it."""
+        fitness, constraint = self._score(result)
+        row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
+        self.cache[genome_key(result.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
+        self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
+                  f"{result.cost:.6g} params {np.array2string(result.params, precision=3, max_line_width=200)}"
+                  + (f" [{result.status}: {result.error}]" if not result.ok else ""))
+
     def _record_generation(self, population_rows: list[int]) -> None:
         ind = self.writer.read("individuals")
-        seconds = float(np.sum(ind["eval_seconds"]))
-        samples = int(np.sum(ind["samples"]))
+        sweep_seconds, sweep_samples = self._sweep_only()
+        seconds = float(np.sum(ind["eval_seconds"])) + sweep_seconds
+        samples = int(np.sum(ind["samples"])) + sweep_samples
         hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
                          ind["status"][population_rows], self.writer.header)
         self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
+
+    def starting_genomes(self) -> np.ndarray:
+        """Generation 0 besides the random individuals: derived from the sensitivity sweep (measured first where
+        the file lacks points of it) for ``initial_population: sensitivity``, then the workload's own."""
+        spec = self.workload.spec.exploration
+        given = given_genomes(spec, self.problem)
+        if spec.initial_population != "sensitivity":
+            return given
+        sweep = measure_sensitivity(self.problem, self.executor, self.writer, spec.sensitivity,
+                                    self.options.progress, self.options.log)
+        self._load_sweep()
+        derived = sweep.starting_genomes(self.problem, spec.sensitivity.loss_budgets)
+        self.options.log(f"sensitivity: {len(derived)} starting individuals for loss budgets "
+                         f"{', '.join(f'{b:g}' for b in spec.sensitivity.loss_budgets)}")
+        return np.vstack([derived, given])
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -253,8 +290,7 @@ class Search:
         constrained = self.bounds is not None
         pproblem = PymooProblem(n_var=len(lower), n_obj=2, n_ieq_constr=1 if constrained else 0, xl=lower, xu=upper,
                                 vtype=int if self.problem.integer else float)
-        first = [self.problem.uniform_genome(value) for value in self.workload.spec.exploration.predefined_parameters]
-        algorithm = make_algorithm(nsga, self.problem.integer, np.array(first))
+        algorithm = make_algorithm(nsga, self.problem.integer, self.starting_genomes())
         algorithm.setup(pproblem, termination=("n_gen", nsga.generations), seed=self.workload.spec.seed, verbose=False)
         gen_bar = tqdm(total=nsga.generations, desc="generations", unit="gen", disable=not self.options.progress)
         for generation in range(nsga.generations):

@@ -223,6 +223,19 @@ class EnergyEvaluationSpec(_Strict):
 
 
 Accuracy = Annotated[float, Field(ge=0, le=1)]
+INITIAL_POPULATION_KINDS = ("random", "sensitivity")
+
+
+class SensitivitySpec(_Strict):
+    """The per-gene sweep of ``qsx-batch sensitivity`` and of ``initial_population: sensitivity``."""
+
+    points: int = Field(8, ge=2, le=256, description="values per gene: every whole value of an integer range (at "
+                                                     "most this many, evenly spread), or this many evenly spaced "
+                                                     "continuous thresholds")
+    loss_budgets: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.0, 0.002, 0.005, 0.01, 0.02, 0.05], min_length=1,
+        description="accuracy losses (points below the sweep's all-neutral accuracy); per budget one starting "
+                    "individual: every gene at its most aggressive value whose single-gene loss stays within it")
 
 
 class ExplorationSpec(_Strict):
@@ -237,6 +250,12 @@ class ExplorationSpec(_Strict):
     predefined_parameters: list[float] = Field(
         [], description="initial individuals: each value in every gene (a threshold for sparsity, bits for "
                         "quantization), put into the first generation")
+    initial_population: str | list[list[float]] = Field(
+        "random", description="generation 0 besides pymoo's random individuals: random (nothing more), "
+                              "sensitivity (settings derived from the sensitivity sweep), a list of individuals "
+                              "(one parameter per gene: bits or thresholds), or a CSV file with one column per gene "
+                              "name (e.g. written by 'qsx-batch inspect --csv'; relative to the workload file)")
+    sensitivity: SensitivitySpec = SensitivitySpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_memory_budget: int | None = Field(
         None, ge=0, description="bytes of dataset blocks a process may hold on its device (images as uint8); larger "
@@ -244,6 +263,17 @@ class ExplorationSpec(_Strict):
     datasets: ExplorationDatasets
     extra_args: ExtraArgs = ExtraArgs()
     energy_evaluation: EnergyEvaluationSpec | None = None
+
+    @field_validator("initial_population")
+    @classmethod
+    def _population_source(cls, value: str | list[list[float]], info: ValidationInfo) -> str | list[list[float]]:
+        if isinstance(value, list) or value in INITIAL_POPULATION_KINDS:
+            return value
+        if not value.lower().endswith(".csv"):
+            raise ValueError(f"'{value}' is none of random, sensitivity, a list of individuals (one parameter per "
+                             "gene), or a .csv file of parameters")
+        folder = (info.context or {}).get("folder")
+        return str(Path(folder) / Path(value).expanduser()) if folder else value
 
     @field_validator("data_memory_budget", mode="before")
     @classmethod

@@ -248,7 +248,7 @@ def test_version_and_help(bin_dir, tmp_path):
     for args in ((), ("--help",), ("-h",), ("help",)):
         run = dispatch(bin_dir, *args, cwd=tmp_path)
         assert run.returncode == 0
-        assert "apptainer run" in run.stdout and "explore launch calibrate" in run.stdout
+        assert "apptainer run" in run.stdout and "explore launch sensitivity calibrate" in run.stdout
         assert called(run) == ["--help"]
 
 
@@ -256,7 +256,7 @@ def test_unknown_word_lists_the_commands_and_fails(bin_dir, tmp_path):
     for word in ("explor", "bash", "explore launch"):
         run = dispatch(bin_dir, word, cwd=tmp_path)
         assert run.returncode == 2
-        assert f"unknown command '{word}'" in run.stderr and "explore launch calibrate inspect" in run.stderr
+        assert f"unknown command '{word}'" in run.stderr and "explore launch sensitivity calibrate inspect" in run.stderr
         assert called(run) == []
 
 

@@ -221,7 +221,7 @@ def test_api_gives_header_tables_units_front_and_hypervolume(run_file):
     for table in (ind, run.baseline, run.generations, *run.follow_ups.values()):
         assert set(table.descriptions) == set(table), table.name
     assert ind.labels["params"] == run.gene_names and ind.labels["blocks_created"] == run.layer_names
-    assert set(run.follow_ups) == {"reevaluations", "retraining"} and run.table("retraining").rows == 2
+    assert set(run.follow_ups) == {"reevaluations", "retraining", "sensitivity"} and run.table("retraining").rows == 2
     front = run.pareto()
     assert len(front) and failed not in front and list(ind["cost"][front]) == sorted(ind["cost"][front])
     assert len(run.hypervolume()) == 2 and np.all(run.cumulative_hypervolume() >= run.hypervolume() - 1e-12)

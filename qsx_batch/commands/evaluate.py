@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..executors.base import EvalRequest
+    from ..executors.base import BASELINE_STAGE, EvalRequest
     from ..interrupts import Interrupted
     from ..store import open_for_append
     from ..store.format import REEVALUATION_RESULT_FIELDS, REEVALUATIONS
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     requests = [EvalRequest(np.asarray(job.genome(row), dtype=float), key, str(row)) for row in todo]
     with open_for_append(run.path, swmr=False) as writer:
         try:
-            for request, result, _ in executor.run(requests, generation=-1):
+            for request, result, _ in executor.run(requests, generation=BASELINE_STAGE):
                 row = int(request.label)
                 writer.append_row(REEVALUATIONS, {
                     "individual": row, "dataset": key, **{k: getattr(result, k) for k in REEVALUATION_RESULT_FIELDS},

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", help="results file (.h5)")
     add_choice(p)
     p.add_argument("--hypervolume", action="store_true", help="print the hypervolume of every generation")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="print the sensitivity sweep (accuracy per gene and value; see 'qsx-batch sensitivity')")
     p.add_argument("--energy", action="store_true",
                    help="add estimated DRAM energy per inference (quantization runs; model of docs/analysis.md)")
     p.add_argument("--csv", metavar="FILE", help="export the individuals as CSV")
@@ -28,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import results
-    from ..report import (follow_up_text, generations_text, individuals_text, summary_text, table_rows, write_csv,
-                          write_json, write_tikz)
+    from ..report import (follow_up_text, generations_text, individuals_text, sensitivity_text, summary_text,
+                          table_rows, write_csv, write_json, write_tikz)
     from ..selection import has_choice, selected_rows
 
     run = results.open(args.results)
@@ -44,8 +46,11 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + individuals_text(run, rows, "selected" if chosen else "Pareto front", energy))
     if args.hypervolume:
         print("\n" + generations_text(run))
-    if run.follow_ups:
-        print("\n" + follow_up_text(run))
+    if args.sensitivity:
+        print("\n" + sensitivity_text(run))
+    follow_ups = follow_up_text(run)
+    if follow_ups:
+        print("\n" + follow_ups)
     exported = rows if chosen else np.arange(run.count)
     for option, write in (("csv", write_csv), ("json", write_json)):
         target = getattr(args, option)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options, add_slurm_options, add_workload, given_slurm_settings
+from .options import add_run_options, add_slurm_options, add_workload
 
 NAME = "launch"
 HELP = "run an exploration with every generation as SLURM array jobs"
@@ -27,36 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..executors.cluster import checked_settings, for_array_tasks, require_slurm_clients
-    from ..executors.jobs import RunJobs
-    from ..executors.slurm import SlurmExecutor
-    from ..prepare import build_problem, cache_datasets, search_datasets
     from ..runlog import run_log
-    from ..runs import closed_on_failure, create_run, ensure_writable, run_search, run_workload
+    from ..runs import closed_on_failure, run_search, run_workload
     from ..search import SearchOptions
+    from .arrays import start_array_run
 
-    require_slurm_clients()
     resume = Path(args.resume) if args.resume else None
-    output = Path(args.output) if args.output else None
     workload, writer = run_workload(args.workload, resume, args.generations)
     with closed_on_failure(writer), run_log(workload, NAME):
-        with closed_on_failure(writer):
-            workload = for_array_tasks(workload)
-            stored = RunJobs(resume).settings() if resume else {}
-            settings = checked_settings(workload, stored, given_slurm_settings(args))
-            if resume is None:
-                ensure_writable(output.parent if output else workload.results_dir())
-            problem = build_problem(workload, torch.device("cpu"))  # calibrates here: tasks never race on the file
-            cache_datasets(workload, search_datasets(workload))  # decodes image folders here once: tasks only read
-            writer = writer or create_run(workload, problem, output)
-        with closed_on_failure(writer):
-            files = RunJobs(writer.path).start(workload.name, settings.model_dump(), new=resume is None)
-            executor = SlurmExecutor(workload, problem, settings, files, device=args.device, threads=args.threads,
-                                     verbose=args.verbose)
-        print(f"results -> {writer.path}\nSLURM job name {executor.job_name}; sbatch scripts and logs in {files.root}",
-              flush=True)
+        problem, writer, executor = start_array_run(workload, writer, resume,
+                                                    Path(args.output) if args.output else None, args)
         options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose,
                                 log=executor.log)  # timestamped, as the executor's own lines
-        return run_search(workload, problem, executor, writer, options, NAME)
+        return run_search(executor.workload, problem, executor, writer, options, NAME)

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import dataset_size
     from ..errors import UserError
+    from ..initial_population import given_genomes
     from ..metrics import check_racing
     from ..prepare import build_problem, metric_names
     from ..workload import dump_workload, load_workload
@@ -30,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload)
     check_racing(workload.spec)  # resolves model.accuracy_function too
     problem = build_problem(workload, torch.device("cpu"), calibrate=False)  # model, weights, layers, settings
-    for value in workload.spec.exploration.predefined_parameters:
-        problem.uniform_genome(value)
+    given_genomes(workload.spec.exploration, problem)  # predefined_parameters, an initial_population list or CSV
     bounds, names = workload.spec.exploration.minimum_accuracy, metric_names(workload, problem)
     if isinstance(bounds, list) and len(bounds) != len(names):
         raise UserError(f"Workload {workload.path}: exploration.minimum_accuracy has {len(bounds)} bounds, but "

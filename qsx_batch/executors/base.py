@@ -11,6 +11,12 @@ from ..racing import RaceContext
 from ..result import IndividualResult
 
 
+# What ``Executor.run`` gets as the generation of requests made before the search, in the order they run: the
+# baseline (also the stage of 'evaluate'), then the sensitivity sweep.
+BASELINE_STAGE = -2
+SENSITIVITY_STAGE = -1
+
+
 @dataclass(frozen=True)
 class EvalRequest:
     """One evaluation to perform: a genome (``None`` = fp32 network) on a named dataset."""

@@ -33,15 +33,15 @@ from typing import Iterator
 import numpy as np
 
 from ..result import IndividualResult
-from .base import EvalRequest
+from .base import BASELINE_STAGE, SENSITIVITY_STAGE, EvalRequest
 
 RUN_STATE = "run.json"
 SUFFIX = ".pkl"
 
 
 def stage_name(generation: int) -> str:
-    """The folder name of one generation's requests (``baseline`` for the requests before the search)."""
-    return "baseline" if generation < 0 else f"g{generation:04d}"
+    """The folder name of one generation's requests (``sensitivity`` and ``baseline`` before the search)."""
+    return {SENSITIVITY_STAGE: "sensitivity", BASELINE_STAGE: "baseline"}.get(generation, f"g{generation:04d}")
 
 
 @dataclass(frozen=True)

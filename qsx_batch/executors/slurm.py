@@ -33,7 +33,7 @@ from ..interrupts import raise_if_requested
 from ..problems import Problem
 from ..result import IndividualResult, Status
 from ..workload import LaunchSpec, Workload
-from .base import EvalRequest
+from .base import BASELINE_STAGE, EvalRequest
 from .cluster import cancel, container_python, max_array_size, queued_job_ids, release_requeued, sbatch_options
 from .jobs import JobFiles, read_results, result_key, stage_name
 from .worker import EvaluateChunk
@@ -309,7 +309,7 @@ class SlurmExecutor:
         launcher was in, whose tasks may have published results there.
         """
         folder = self.files.shards(stage_name(generation))
-        earlier = {stage_name(g) for g in range(-1, generation)}
+        earlier = {stage_name(g) for g in range(BASELINE_STAGE, generation)}
         if self.files.shards_root.is_dir():
             for old in self.files.shards_root.iterdir():
                 if old.name in earlier:

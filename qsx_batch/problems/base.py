@@ -84,12 +84,30 @@ class Problem(ABC):
         """Tiles per sample over all target layers, when the problem counts blocks (0 otherwise)."""
         return 0.0
 
+    def encode(self, params: np.ndarray, source: str) -> np.ndarray:
+        """The genome that stands for decoded parameters (one bit width or threshold per gene); a UserError names
+        ``source`` (where the parameters came from) when one is out of range."""
+        raise UserError(f"{source}: parameters cannot be given for {self.name} (only for sparsity and quantization "
+                        "problems and their joint problem).")
+
     def uniform_genome(self, value: float) -> np.ndarray:
         """The genome with ``value`` (a parameter: bits or a threshold) in every gene, for
         ``exploration.predefined_parameters``."""
-        raise UserError(f"exploration.predefined_parameters is not available for {self.name} (only for "
-                        "sparsity and quantization problems, where a value is one threshold or bit width for "
-                        "every gene).")
+        return self.encode(np.full(len(self.gene_names), float(value)), "exploration.predefined_parameters")
+
+    def neutral_genome(self) -> np.ndarray:
+        """Every gene at its least aggressive value (the upper bit width, a zero threshold): the setting a
+        sensitivity sweep varies one gene from."""
+        return self.bounds[1]
+
+    def sweep_values(self, gene: int, points: int) -> np.ndarray:
+        """The values a sensitivity sweep gives one gene: every integer of its range (at most ``points``, evenly
+        spread, both ends included), or ``points`` evenly spaced values of a continuous range."""
+        lower, upper = (float(b[gene]) for b in self.bounds)
+        values = np.linspace(lower, upper, points)
+        if self.integer:
+            values = np.unique(np.rint(values)) if upper - lower + 1 > points else np.arange(lower, upper + 1)
+        return values.astype(float)
 
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
         """Named settings evaluated as the baseline before the search."""

@@ -54,8 +54,18 @@ class JointProblem(QuantizationProblem):
     def fp32_params(self) -> np.ndarray:
         return np.concatenate([super().fp32_params(), self.sparsity.fp32_params()])
 
+    def encode(self, params: np.ndarray, source: str) -> np.ndarray:
+        params = np.asarray(params, dtype=float)
+        return np.concatenate([super().encode(params[: self.n_bits], source),
+                               self.sparsity.encode(params[self.n_bits:], source)])
+
     def uniform_genome(self, value: float) -> np.ndarray:
-        return Problem.uniform_genome(self, value)  # one value cannot be a bit width and a threshold at once
+        raise UserError("exploration.predefined_parameters is not available for the joint problem: one value cannot "
+                        "be a bit width and a threshold at once; give whole individuals in "
+                        "exploration.initial_population instead.")
+
+    def neutral_genome(self) -> np.ndarray:
+        return self.reference_genomes()[f"all_{self.upper}_bit"]
 
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
         upper = np.concatenate([np.full(self.n_bits, float(self.upper)), np.zeros(len(self.layers))])

@@ -59,11 +59,14 @@ class QuantizationProblem(Problem):
     def fp32_params(self) -> np.ndarray:
         return np.full(len(self.quantizers), 32.0)
 
-    def uniform_genome(self, value: float) -> np.ndarray:
-        if value != int(value) or not self.lower <= value <= self.upper:
-            raise UserError(f"exploration.predefined_parameters value {value:g} is not a bit width from "
-                            f"num_bits_lower_limit {self.lower} to num_bits_upper_limit {self.upper}.")
-        return np.full(len(self.quantizers), float(value))
+    def encode(self, params: np.ndarray, source: str) -> np.ndarray:
+        """Bit widths are the genome; each must be a whole number within the workload's limits."""
+        params = np.asarray(params, dtype=float)
+        wrong = [v for v in params if v != np.rint(v) or not self.lower <= v <= self.upper]
+        if wrong:
+            raise UserError(f"{source}: value {wrong[0]:g} is not a bit width from num_bits_lower_limit "
+                            f"{self.lower} to num_bits_upper_limit {self.upper}.")
+        return params.copy()
 
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
         return {"fp32": None, f"all_{self.upper}_bit": self.bounds[1]}

@@ -151,13 +151,19 @@ class SparsityProblem(Problem):
             return np.clip(genome, 0.0, self.limit)
         return self.steps[np.clip(np.rint(genome).astype(int), 0, len(self.steps) - 1)]
 
-    def uniform_genome(self, value: float) -> np.ndarray:
-        """Every layer at threshold ``value``; with discrete steps, the lowest step at or above it."""
-        if not 0.0 <= value <= self.limit:
-            raise UserError(f"exploration.predefined_parameters value {value:g} is not a threshold from 0 to "
-                            f"threshold_limit {self.limit:g}.")
-        gene = value if self.steps is None else min(int(np.searchsorted(self.steps, value)), len(self.steps) - 1)
-        return np.full(len(self.layers), float(gene))
+    def encode(self, params: np.ndarray, source: str) -> np.ndarray:
+        """Thresholds from 0 to ``threshold_limit``; with discrete steps, the lowest step at or above each."""
+        params = np.asarray(params, dtype=float)
+        wrong = [v for v in params if not 0.0 <= v <= self.limit]
+        if wrong:
+            raise UserError(f"{source}: value {wrong[0]:g} is not a threshold from 0 to threshold_limit "
+                            f"{self.limit:g}.")
+        if self.steps is None:
+            return params.copy()
+        return np.minimum(np.searchsorted(self.steps, params), len(self.steps) - 1).astype(float)
+
+    def neutral_genome(self) -> np.ndarray:
+        return np.zeros(len(self.layers))
 
     def settings(self, genome: np.ndarray) -> dict:
         """Per layer: the input threshold and the tile (width, height)."""

@@ -99,7 +99,8 @@ GENERATION_COLUMNS: dict[str, Column] = {
 
 CORE_TABLES = ("individuals", "baseline", "generations")
 
-# Follow-up tables, appended by 'evaluate' and 'retrain' once a run is done.
+# Follow-up tables, appended by 'evaluate' and 'retrain' once a run is done, and the sensitivity sweep (by
+# 'sensitivity', or before generation 0 with initial_population: sensitivity; created with every new file).
 INDIVIDUAL = Column("i8", "row of the individual in the table individuals")
 REEVALUATIONS = "reevaluations"
 REEVALUATION_RESULT_FIELDS = ("genome", "params", "accuracy", "metrics", "correct", "samples", "cost", "blocks_total",
@@ -117,7 +118,15 @@ RETRAINING_COLUMNS: dict[str, Column] = {
     "learning_rate": Column("f8", "learning rate of the optimizer", "1"),
     "weights": text_column(4096, "file of the fine-tuned weights (absolute path)"),
     "finished_at": COLUMNS["finished_at"]}
-FOLLOW_UP_COLUMNS = {REEVALUATIONS: REEVALUATION_COLUMNS, RETRAINING: RETRAINING_COLUMNS}
+SENSITIVITY = "sensitivity"
+SENSITIVITY_COLUMNS: dict[str, Column] = {
+    "swept_gene": Column("i4", "swept gene (row of /genes); -1 for the reference row, every gene at its neutral value "
+                   "(the upper bit width, a zero threshold)"),
+    "swept_value": Column("f8", "genome value of the swept gene (NaN for the reference row)"),
+    "swept_parameter": Column("f8", "decoded parameter of the swept gene: bits or threshold (NaN for the reference row)"),
+    **{k: COLUMNS[k] for k in REEVALUATION_RESULT_FIELDS}, "finished_at": COLUMNS["finished_at"]}
+FOLLOW_UP_COLUMNS = {REEVALUATIONS: REEVALUATION_COLUMNS, RETRAINING: RETRAINING_COLUMNS,
+                     SENSITIVITY: SENSITIVITY_COLUMNS}
 TABLE_COLUMNS = {"individuals": COLUMNS, "baseline": BASELINE_COLUMNS, "generations": GENERATION_COLUMNS,
                  **FOLLOW_UP_COLUMNS}
 

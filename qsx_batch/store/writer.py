@@ -25,7 +25,8 @@ from ..errors import UserError
 from ..result import IndividualResult
 from ..workload import Workload
 from .format import (AXES, CORE_TABLES, COST_UNIT, COUNT, FOLLOW_UP_COLUMNS, FORMAT, FORMAT_VERSION, GENE_COLUMNS,
-                     GROW_ROWS, LAYER_COLUMNS, LIBVER, MINIMUM_ACCURACY, OBJECTIVES, TABLE_COLUMNS, Column, RunHeader)
+                     GROW_ROWS, LAYER_COLUMNS, LIBVER, MINIMUM_ACCURACY, OBJECTIVES, REEVALUATION_RESULT_FIELDS,
+                     SENSITIVITY, TABLE_COLUMNS, Column, RunHeader)
 from .reader import (Table, check_format, is_scale, minimum_accuracy, read_header, read_table, stored_workload,
                      table_columns, table_count)
 
@@ -225,6 +226,12 @@ class ResultsWriter:
             "hypervolume": hypervolume, "finished_at": time.time(),
         })
 
+    def append_sensitivity(self, gene: int, value: float, parameter: float, result: IndividualResult) -> int:
+        """Append and flush one point of the sensitivity sweep (``gene`` -1: the all-neutral reference)."""
+        return self.append_row(SENSITIVITY, {
+            "swept_gene": gene, "swept_value": value, "swept_parameter": parameter,
+            **{k: getattr(result, k) for k in REEVALUATION_RESULT_FIELDS}, "finished_at": time.time()})
+
     def append_row(self, table: str, row: dict[str, Any]) -> int:
         """Append and flush one row of a follow-up table (format.FOLLOW_UP_COLUMNS), created on first use
         (needs a writer opened with swmr=False)."""
@@ -299,7 +306,7 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
                   {"names": header.layer_names, "kinds": header.layer_kinds, "params": header.layer_params,
                    "macs": header.layer_macs, "input_shapes": header.layer_input_shapes})
     _describe(f.create_group("run").create_dataset("minimum_accuracy", data=np.nan, dtype="f8"), MINIMUM_ACCURACY, "")
-    for name in CORE_TABLES:
+    for name in (*CORE_TABLES, SENSITIVITY):  # the sweep may be written in SWMR mode, where no group is created
         _create_table(f.create_group(name), TABLE_COLUMNS[name], _axes(header), header.cost_unit)
     f.swmr_mode = True
     os.replace(building, path)
@@ -368,6 +375,9 @@ def open_for_append(path: Path, swmr: bool = True) -> ResultsWriter:
         raise
     for table in CORE_TABLES:
         _Table(f[table]).trim()
+    if SENSITIVITY not in f:  # a file from before the sweep existed: the table is made while groups can be
+        header = read_header(f)
+        _create_table(f.create_group(SENSITIVITY), TABLE_COLUMNS[SENSITIVITY], _axes(header), header.cost_unit)
     if swmr:
         f.swmr_mode = True
     return ResultsWriter(path, f, lock_fd)

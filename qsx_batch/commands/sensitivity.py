@@ -1,0 +1,66 @@
+"""``qsx-batch sensitivity``: per gene, the accuracy with that gene swept over its range and every other gene
+neutral, stored as the ``sensitivity`` table of a new results file or of an existing run's."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .options import add_device, add_slurm_options, add_workload, given_slurm_settings
+
+NAME = "sensitivity"
+HELP = "sweep each gene alone (every other gene neutral) and store the accuracy per gene and value"
+DESCRIPTION = ("Per quantizer (or per layer threshold), the network is evaluated with that one gene swept over its "
+               "range (exploration.sensitivity.points values) while every other gene stays at the upper bit width "
+               "or a zero threshold. The sweep goes into the results file's 'sensitivity' table (a new file, or "
+               "--resume RUN.h5 adds it to an existing run, reusing the genomes that run evaluated); "
+               "'inspect --sensitivity' shows it, 'plot' draws it as a heat map, and "
+               "'exploration.initial_population: sensitivity' starts the search from it. Locally, or as SLURM "
+               "array jobs with --slurm (and the launch options).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_workload(p)
+    p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
+    p.add_argument("--resume", metavar="RESULTS.h5",
+                   help="add the sweep to this run's results file (or complete a stopped sweep)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every array-job submission")
+    p.add_argument("--slurm", action="store_true",
+                   help="evaluate as SLURM array jobs (implied by any SLURM option; defaults as for launch)")
+    add_device(p)
+    add_slurm_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import results
+    from ..executors.local import LocalExecutor
+    from ..prepare import prepare_evaluator, workload_device
+    from ..report import sensitivity_text
+    from ..runlog import run_log
+    from ..runs import closed_on_failure, create_run, run_to_end, run_workload
+    from ..sensitivity import measure_sensitivity
+    from .arrays import start_array_run
+
+    resume = Path(args.resume) if args.resume else None
+    output = Path(args.output) if args.output else None
+    on_slurm = args.slurm or bool(given_slurm_settings(args))
+    workload, writer = run_workload(args.workload, resume, None)
+    with closed_on_failure(writer), run_log(workload, NAME):
+        if on_slurm:
+            problem, writer, executor = start_array_run(workload, writer, resume, output, args)
+            log = executor.log
+        else:
+            evaluator = prepare_evaluator(workload, workload_device(workload, args.device))
+            problem, executor, log = evaluator.problem, LocalExecutor(evaluator), None
+            writer = writer or create_run(workload, problem, output)
+            print(f"results -> {writer.path}", file=sys.stderr)
+        path = writer.path
+        hint = f"qsx-batch {NAME} --resume {path}" + (" --slurm" if on_slurm else "")
+        status = run_to_end(lambda: measure_sensitivity(problem, executor, writer, workload.spec.exploration.sensitivity,
+                                                        args.progress, log), executor, writer, hint)
+    if status == 0:
+        print(sensitivity_text(results.open(path)))
+        print(f"\nstored in {path} (table 'sensitivity'); heat map: qsx-batch plot {path}")
+    return status

@@ -1,0 +1,199 @@
+"""qsx-batch sensitivity and exploration.initial_population: real sweeps of the embedded LeNet-5, stored in real
+results files, evaluated locally and as SLURM array jobs, and the search started from them."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_workload_dict, write_workload
+from qsx_batch import results
+from qsx_batch.cli import main
+from qsx_batch.prepare import prepare_evaluator
+from qsx_batch.result import genome_key
+from qsx_batch.workload import load_workload
+
+QUANT_GENES = 10  # LeNet-5: five layers, an input and a weight quantizer each
+BITS = np.arange(2, 9)
+
+
+def keys(table) -> list[tuple]:
+    return [genome_key(g) for g in table["genome"]]
+
+
+@pytest.fixture
+def swept(tmp_path):
+    """A sweep of the tiny quantization workload in a new results file."""
+    workload = write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path))
+    out = tmp_path / "sweep.h5"
+    assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
+    return workload, out
+
+
+def test_sweep_varies_one_gene_from_the_neutral_genome(swept):
+    workload, out = swept
+    run = results.open(out)
+    table = run.table("sensitivity")
+    assert table.rows == 1 + QUANT_GENES * (len(BITS) - 1)
+    assert set(table["status"]) == {"ok"} and len(set(keys(table))) == table.rows  # every genome once
+    neutral = np.full(QUANT_GENES, 8.0)
+    for gene, value, parameter, genome in zip(table["swept_gene"], table["swept_value"], table["swept_parameter"], table["genome"]):
+        if gene < 0:
+            assert np.array_equal(genome, neutral) and np.isnan(value)
+            continue
+        changed = np.flatnonzero(genome != neutral)
+        assert list(changed) == [gene] and genome[gene] == value == parameter and value in BITS[:-1]
+    # the stored accuracy is what the evaluator gives for that genome on the same samples
+    evaluator = prepare_evaluator(load_workload(workload), torch.device("cpu"))
+    row = int(np.flatnonzero((table["swept_gene"] == 0) & (table["swept_value"] == 2))[0])
+    assert evaluator.evaluate(table["genome"][row]).accuracy == table["accuracy"][row]
+
+    sweep = run.sensitivity()
+    params, accuracy = sweep.curve(run.gene_names.index("fc3.input"))
+    assert list(params) == list(BITS) and accuracy[-1] == sweep.reference_accuracy
+    assert accuracy[0] < sweep.reference_accuracy - 0.2  # 2-bit logits' input hurts: a real effect
+
+
+def test_inspect_plot_and_resume_of_a_sweep(swept, capsys, tmp_path):
+    workload, out = swept
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--sensitivity"]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.strip().startswith("bits"))
+    assert header.split()[1:] == [str(b) for b in BITS]
+    assert sum(line.strip().startswith(("conv", "fc")) for line in text.splitlines()) >= QUANT_GENES
+    assert main(["plot", str(out), "--out", str(tmp_path / "plots"), "--formats", "png"]) == 0
+    assert (tmp_path / "plots" / "sweep-sensitivity.png").stat().st_size > 10_000
+
+    before = results.open(out).table("sensitivity")
+    assert main(["sensitivity", "--resume", str(out)]) == 0  # complete: nothing is evaluated again
+    after = results.open(out).table("sensitivity")
+    assert after.rows == before.rows and np.array_equal(after["finished_at"], before["finished_at"])
+
+
+def test_sweep_of_a_finished_run_reuses_its_evaluations(tmp_path):
+    workload = write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path))
+    out = tmp_path / "run.h5"
+    assert main(["explore", str(workload), "-o", str(out)]) == 0
+    assert main(["sensitivity", "--resume", str(out)]) == 0
+    run = results.open(out)
+    sweep = run.table("sensitivity")
+    reference = int(np.flatnonzero(sweep["swept_gene"] == -1)[0])
+    base = run.baseline
+    all8 = int(np.flatnonzero((base["label"] == "all_8_bit") & (base["dataset"] == "exploration"))[0])
+    # the baseline evaluated the neutral genome: its result is copied, not evaluated again
+    assert sweep["finished_at"][reference] > base["finished_at"][all8]
+    assert sweep["eval_seconds"][reference] == base["eval_seconds"][all8]
+    assert sweep["accuracy"][reference] == base["accuracy"][all8]
+    assert run.generations.rows == 2  # the run itself is unchanged
+
+
+def test_sparsity_sweep_over_thresholds(tmp_path):
+    data = tiny_workload_dict("sparsity", tmp_path)
+    data["workload"]["exploration"]["sensitivity"] = {"points": 4}
+    workload = write_workload(tmp_path, data)
+    out = tmp_path / "sparse.h5"
+    assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
+    run = results.open(out)
+    table, sweep = run.table("sensitivity"), run.sensitivity()
+    genes = len(run.gene_names)
+    assert table.rows == 1 + genes * 3  # 4 points per gene, one of them the neutral zero threshold
+    assert np.all(table["genome"][table["swept_gene"] == -1] == 0)
+    assert np.all(sweep.neutral_parameters == 0)
+    swept_rows = table["swept_gene"] >= 0
+    assert np.all(table["swept_parameter"][swept_rows] > 0) and np.all(table["cost"][swept_rows] >= 0)
+    assert table["cost"][table["swept_gene"] == -1][0] == 0  # nothing is zeroed at the neutral genome
+    params, accuracy = sweep.curve(0)
+    assert len(params) == 4 and params[0] == 0
+
+
+def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
+    data = tiny_workload_dict("quantization", tmp_path, generations=3)
+    data["workload"]["exploration"]["initial_population"] = "sensitivity"
+    data["workload"]["exploration"]["sensitivity"] = {"loss_budgets": [0.01, 0.05, 0.2]}
+    data["workload"]["exploration"]["predefined_parameters"] = [8]  # the sweep's reference genome, met in gen 0
+    workload = write_workload(tmp_path, data)
+    out = tmp_path / "run.h5"
+    assert main(["explore", str(workload), "-o", str(out), "--skip-baseline"]) == 0
+    run = results.open(out)
+    sweep_table, ind = run.table("sensitivity"), run.individuals
+    assert sweep_table.rows == 1 + QUANT_GENES * (len(BITS) - 1)
+    derived = run.sensitivity().starting_genomes(_problem(workload), [0.01, 0.05, 0.2])
+    assert 1 <= len(derived) <= 3
+    gen0 = {genome_key(g) for g in ind["genome"][ind["generation"] == 0]}
+    assert {genome_key(g) for g in derived} <= gen0  # generation 0 holds the derived individuals
+    assert np.sum(ind["generation"] == 0) == 6 + len(derived) + 1  # besides the random ones
+    # no genome is evaluated twice: what the search met from the sweep is copied (same timing and samples)
+    swept_rows = {k: i for i, k in enumerate(keys(sweep_table))}
+    met = [(i, swept_rows[k]) for i, k in enumerate(keys(ind)) if k in swept_rows]
+    assert len(met) >= 1
+    for i, j in met:
+        assert ind["eval_seconds"][i] == sweep_table["eval_seconds"][j]
+        assert ind["accuracy"][i] == sweep_table["accuracy"][j]
+    # the sweep counts in the budget: seconds and samples of the sweep's genomes the search did not meet
+    unmet = [j for k, j in swept_rows.items() if k not in set(keys(ind))]
+    gens = run.generations
+    assert gens["samples"][-1] == np.sum(ind["samples"]) + np.sum(sweep_table["samples"][unmet])
+    assert np.isclose(gens["eval_seconds"][-1], np.sum(ind["eval_seconds"]) + np.sum(sweep_table["eval_seconds"][unmet]))
+
+
+def _problem(workload):
+    return prepare_evaluator(load_workload(workload), torch.device("cpu")).problem
+
+
+def test_initial_population_list_and_csv(tmp_path, capsys):
+    data = tiny_workload_dict("quantization", tmp_path)
+    first = [[4] * QUANT_GENES, [8, 6, 5, 4, 4, 3, 3, 4, 8, 8]]
+    data["workload"]["exploration"]["initial_population"] = first
+    workload = write_workload(tmp_path, data)
+    out = tmp_path / "listed.h5"
+    assert main(["explore", str(workload), "-o", str(out), "--skip-baseline"]) == 0
+    ind = results.open(out).individuals
+    assert [list(g) for g in ind["genome"][:2]] == first  # enqueued first, evaluated before the random ones
+
+    csv_file = tmp_path / "front.csv"
+    assert main(["inspect", str(out), "--pareto", "--csv", str(csv_file)]) == 0
+    with open(csv_file) as f:
+        front = [row for row in csv.DictReader(f)]
+    data["workload"]["exploration"]["initial_population"] = "front.csv"  # relative to the workload file
+    workload = write_workload(tmp_path, data, "from_csv.yaml")
+    again = tmp_path / "from_csv.h5"
+    assert main(["explore", str(workload), "-o", str(again), "--skip-baseline"]) == 0
+    gene_names = results.open(again).gene_names
+    expected = [[float(row[name]) for name in gene_names] for row in front]
+    assert [list(g) for g in results.open(again).individuals["genome"][: len(front)]] == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[4] * 3], "individual 0 has 3 parameters; give one per gene"),
+    ([[9] * QUANT_GENES], "value 9 is not a bit width from num_bits_lower_limit 2 to num_bits_upper_limit 8"),
+    ("missing.csv", "cannot read"),
+    ("nocolumns.csv", "has no column for gene(s) conv1.input"),
+    ("genetic", "'genetic' is none of random, sensitivity"),
+])
+def test_bad_initial_population_is_one_clear_error(tmp_path, capsys, value, message):
+    (tmp_path / "nocolumns.csv").write_text("index,accuracy\n0,0.9\n")
+    data = tiny_workload_dict("quantization", tmp_path)
+    data["workload"]["exploration"]["initial_population"] = value
+    workload = write_workload(tmp_path, data)
+    for command in (["validate", str(workload)], ["explore", str(workload), "-o", str(tmp_path / "x.h5")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.h5").exists()  # refused before a results file exists
+
+
+def test_sensitivity_as_array_jobs_matches_local(slurm, swept, tmp_path):
+    workload, local = swept
+    remote = tmp_path / "remote.h5"
+    assert main(["sensitivity", str(workload), "-o", str(remote), "--partition", "cpu", "--gpus-per-task", "0",
+                 "--individuals-per-task", "16", "--threads", "1"]) == 0
+    here, there = results.open(local).table("sensitivity"), results.open(remote).table("sensitivity")
+    by_key = {k: i for i, k in enumerate(keys(here))}
+    assert set(by_key) == set(keys(there))
+    for j, k in enumerate(keys(there)):
+        assert there["correct"][j] == here["correct"][by_key[k]]  # the same genomes on the same samples
+    assert all(there["slurm_job_id"]) and len({job.split("_")[0] for job in there["slurm_job_id"]}) == 1
