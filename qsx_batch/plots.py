@@ -157,8 +157,8 @@ def sensitivity_figure(run: "Run") -> "Figure":
     heights = [max(2.0, 0.28 * len(genes) + 1.2) for _, genes in groups]
     fig = Figure(figsize=(8, sum(heights) + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(groups), 1, height_ratios=heights))
-    fig.suptitle(f"{run.header.workload_name}: sensitivity (one gene swept, the others neutral; reference "
-                 f"accuracy {sweep.reference_accuracy:.4f})")
+    fig.suptitle(f"{run.header.workload_name}: sensitivity\none gene swept, the others neutral (reference "
+                 f"accuracy {sweep.reference_accuracy:.4f})", fontsize="medium")
     for ax, (params, genes) in zip(axes, groups):
         grid = sweep.grid(params, genes)
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
