@@ -197,3 +197,21 @@ def test_sensitivity_as_array_jobs_matches_local(slurm, swept, tmp_path):
     for j, k in enumerate(keys(there)):
         assert there["correct"][j] == here["correct"][by_key[k]]  # the same genomes on the same samples
     assert all(there["slurm_job_id"]) and len({job.split("_")[0] for job in there["slurm_job_id"]}) == 1
+
+
+def test_launch_starts_from_a_sweep_evaluated_as_array_jobs(slurm, tmp_path):
+    data = tiny_workload_dict("quantization", tmp_path, pop_size=4, offsprings=4, generations=1)
+    data["workload"]["exploration"]["initial_population"] = "sensitivity"
+    data["workload"]["exploration"]["sensitivity"] = {"points": 3, "loss_budgets": [0.0, 0.05]}
+    workload = write_workload(tmp_path, data)
+    out = tmp_path / "launched.h5"
+    assert main(["launch", str(workload), "-o", str(out), "--skip-baseline", "--partition", "cpu",
+                 "--gpus-per-task", "0", "--individuals-per-task", "8", "--threads", "1"]) == 0
+    run = results.open(out)
+    sweep = run.table("sensitivity")
+    assert sweep.rows == 1 + QUANT_GENES * 2  # 3 points per gene: 2, 5 and the neutral 8
+    assert set(sweep["status"]) == {"ok"} and all(sweep["slurm_job_id"])
+    derived = run.sensitivity().starting_genomes(_problem(workload), [0.0, 0.05])
+    gen0 = {genome_key(g) for g in run.individuals["genome"][run.individuals["generation"] == 0]}
+    assert len(derived) and {genome_key(g) for g in derived} <= gen0
+    assert not list((tmp_path / "launched.jobs").glob("shards-*/sensitivity"))  # merged, then cleaned up
