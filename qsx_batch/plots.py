@@ -165,7 +165,7 @@ def sensitivity_figure(run: "Run") -> "Figure":
                           vmax=sweep.reference_accuracy if np.isfinite(sweep.reference_accuracy) else 1)
         ax.set_xticks(range(len(params)), [f"{p:.4g}" for p in params])
         ax.set_yticks(range(len(genes)), [run.gene_names[g] for g in genes], fontsize=7)
-        ax.set_xlabel("bits" if run.bits and all(p == int(p) for p in params) else "threshold")
+        ax.set_xlabel(sweep.axis_label(params, run.bits))
         if grid.size <= 400:
             for (i, j), value in np.ndenumerate(grid):
                 ax.text(j, i, "-" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=6,

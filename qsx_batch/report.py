@@ -112,7 +112,7 @@ def sensitivity_text(run: Run) -> str:
              f"{sweep.reference_accuracy:.4f}; '-': failed or not evaluated)"]
     width = max(len(name) for name in run.gene_names)
     for params, genes in sweep.groups():
-        unit = "bits" if run.bits and all(p == int(p) for p in params) else "threshold"
+        unit = sweep.axis_label(params, run.bits)
         lines += ["", f"{unit:>{width}}  " + " ".join(f"{p:>8.4g}" for p in params)]
         for gene, accuracy in zip(genes, sweep.grid(params, genes)):
             lines.append(f"{run.gene_names[gene]:>{width}}  "

@@ -32,7 +32,7 @@ from .metrics import check_racing
 from .problems import Problem
 from .racing import RaceContext
 from .result import IndividualResult, Status, genome_key
-from .sensitivity import measure_sensitivity, stored_result
+from .sensitivity import measure_sensitivity, ok_results
 from .store import ResultsWriter, RunHeader
 from .store.format import SENSITIVITY
 from .versions import package_versions
@@ -133,9 +133,7 @@ class Search:
 
     def _load_sweep(self) -> None:
         """Results of the sensitivity sweep, reused when the search proposes one of its genomes."""
-        sweep = self.writer.read(SENSITIVITY)
-        self.swept = {genome_key(sweep["genome"][i]): stored_result(sweep, i) for i in range(sweep.rows)
-                      if sweep["status"][i] == Status.OK}
+        self.swept = ok_results(self.writer.read(SENSITIVITY))
 
     def _sweep_only(self) -> tuple[float, int]:
         """Evaluation seconds and samples of the sweep's genomes the search has not met (these count too)."""

@@ -54,16 +54,23 @@ def stored_result(table: Mapping[str, np.ndarray], row: int) -> IndividualResult
     return IndividualResult(**{key: table[key][row] for key in REEVALUATION_RESULT_FIELDS if key in table})
 
 
+def ok_results(table: Mapping[str, np.ndarray]) -> dict[tuple, IndividualResult]:
+    """The rows of a results table evaluated ok on the exploration data, by genome key (the first row of a genome
+    wins; rows without a genome, the fp32 baseline, are left out)."""
+    out: dict[tuple, IndividualResult] = {}
+    for row in range(len(table["status"])):
+        if table["status"][row] != Status.OK or ("dataset" in table and table["dataset"][row] != "exploration"):
+            continue
+        if not np.isnan(table["genome"][row]).any():
+            out.setdefault(genome_key(table["genome"][row]), stored_result(table, row))
+    return out
+
+
 def known_results(writer: ResultsWriter) -> dict[tuple, IndividualResult]:
     """Genomes evaluated ok on the exploration data so far, by genome key: baseline rows, individuals and the sweep."""
     known: dict[tuple, IndividualResult] = {}
     for name in ("baseline", "individuals", SENSITIVITY):
-        table = writer.read(name)
-        for row in range(table.rows):
-            if table["status"][row] != Status.OK or ("dataset" in table and table["dataset"][row] != "exploration"):
-                continue
-            if not np.isnan(table["genome"][row]).any():
-                known.setdefault(genome_key(table["genome"][row]), stored_result(table, row))
+        known = {**ok_results(writer.read(name)), **known}  # earlier tables win, as the first row of a genome
     return known
 
 
@@ -167,6 +174,11 @@ class Sensitivity:
             params, _ = self.curve(gene)
             groups.setdefault(tuple(np.round(params, 12)), []).append(gene)
         return [(np.array(params), genes) for params, genes in groups.items()]
+
+    @staticmethod
+    def axis_label(params: np.ndarray, bits: bool) -> str:
+        """What a group's parameters are: ``bits`` (whole values of a quantizing run) or ``threshold``."""
+        return "bits" if bits and all(p == int(p) for p in params) else "threshold"
 
     def grid(self, params: np.ndarray, genes: list[int]) -> np.ndarray:
         """Accuracy per gene (rows) and parameter (columns); NaN where failed or not evaluated."""

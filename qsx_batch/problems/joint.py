@@ -65,11 +65,8 @@ class JointProblem(QuantizationProblem):
                         "exploration.initial_population instead.")
 
     def neutral_genome(self) -> np.ndarray:
-        return self.reference_genomes()[f"all_{self.upper}_bit"]
-
-    def reference_genomes(self) -> dict[str, np.ndarray | None]:
-        upper = np.concatenate([np.full(self.n_bits, float(self.upper)), np.zeros(len(self.layers))])
-        return {"fp32": None, f"all_{self.upper}_bit": upper}
+        """Every bit width at the upper limit, every threshold zero (also the all-upper baseline)."""
+        return np.concatenate([np.full(self.n_bits, float(self.upper)), np.zeros(len(self.layers))])
 
     def settings(self, genome: np.ndarray) -> dict:
         genome = np.asarray(genome, dtype=float)

@@ -69,7 +69,7 @@ class QuantizationProblem(Problem):
         return params.copy()
 
     def reference_genomes(self) -> dict[str, np.ndarray | None]:
-        return {"fp32": None, f"all_{self.upper}_bit": self.bounds[1]}
+        return {"fp32": None, f"all_{self.upper}_bit": self.neutral_genome()}
 
     @torch.no_grad()
     def configure(self, genome: np.ndarray | None) -> None:
