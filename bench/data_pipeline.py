@@ -45,8 +45,8 @@ def child(task: dict) -> dict:
     import torchvision  # noqa: F401  (imported before timing: an array task has imported it for its model)
 
     from qsx_batch.data import MemoryBudget, Samples
-    from qsx_batch.evaluator import Evaluator
-    from qsx_batch.prepare import build_problem, load_block
+    from qsx_batch.evaluation.assembly import build_problem, load_block
+    from qsx_batch.evaluation.evaluator import Evaluator
     from qsx_batch.workload import load_workload
 
     torch.set_num_threads(1)

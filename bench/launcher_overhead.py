@@ -32,7 +32,7 @@ class TrivialEvaluator:
     """Scores every genome instantly (defined here, so submitit ships it to the tasks by value)."""
 
     def evaluate(self, genome, dataset="exploration", race=None):
-        from qsx_batch.result import IndividualResult
+        from qsx_batch.evaluation.record import IndividualResult
 
         zeros = np.zeros(1, dtype=np.int64)
         start = time.perf_counter()
@@ -61,10 +61,10 @@ def cpu_seconds() -> float:
 
 def measure(n: int, tasks: int, folder: Path, workload, problem) -> dict:
     """One generation of ``n`` genomes: timings of submission, first and last merged result."""
-    from qsx_batch.executors.base import EvalRequest
-    from qsx_batch.executors.jobs import JobFiles
+    from qsx_batch.executors.base import EvalRequest, Stage
+    from qsx_batch.executors.job_files import JobFiles
     from qsx_batch.executors.slurm import SlurmExecutor
-    from qsx_batch.search import run_header
+    from qsx_batch.search.nsga import run_header
     from qsx_batch.store import create_results
     from qsx_batch.workload import LaunchSpec
 
@@ -79,7 +79,7 @@ def measure(n: int, tasks: int, folder: Path, workload, problem) -> dict:
     with create_results(folder / f"n{n}.h5", header) as writer:
         cpu0, start = cpu_seconds(), time.perf_counter()
         arrivals, eval_s = [], 0.0
-        for request, result, attempt in executor.run(requests, 0):
+        for _request, result, attempt in executor.run(requests, Stage.generation(0)):
             writer.append_individual(result, 0, (result.accuracy, result.cost), 0.0, attempt)
             arrivals.append(time.perf_counter() - start)
             eval_s += result.eval_seconds
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from qsx_batch.executors.cluster import for_array_tasks
-    from qsx_batch.prepare import build_problem
+    from qsx_batch.evaluation.assembly import build_problem
+    from qsx_batch.executors.slurm_cluster import for_array_tasks
     from qsx_batch.workload import load_workload
 
     with tempfile.TemporaryDirectory(prefix="qsx-bench-", dir=Path.cwd()) as tmp:  # the nodes must see it

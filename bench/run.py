@@ -31,16 +31,16 @@ import torch
 import yaml
 from torch import nn
 
-from qsx_batch.calibration import calibrate
 from qsx_batch.data import Samples
-from qsx_batch.evaluator import Evaluator
+from qsx_batch.evaluation.assembly import build_problem, load_block, load_model
+from qsx_batch.evaluation.calibration import calibrate
+from qsx_batch.evaluation.evaluator import Evaluator
+from qsx_batch.evaluation.record import IndividualResult
 from qsx_batch.executors.local import LocalExecutor
 from qsx_batch.models import build_model
 from qsx_batch.models.layers import profile_layers, target_layers
-from qsx_batch.prepare import build_problem, load_block, load_model
 from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
-from qsx_batch.result import IndividualResult
-from qsx_batch.search import Search, SearchOptions, run_header
+from qsx_batch.search.nsga import Search, SearchOptions, run_header
 from qsx_batch.store import create_results, open_for_append
 from qsx_batch.workload import Workload, default_workload_path, load_workload
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import yaml
 
-from qsx_batch.cli import main as qsx
-from qsx_batch.prepare import prepare_evaluator
 from qsx_batch import results
-from qsx_batch.result import genome_key
+from qsx_batch.cli import main as qsx
+from qsx_batch.evaluation.assembly import prepare_evaluator
+from qsx_batch.evaluation.record import genome_key
 from qsx_batch.workload import default_workload_path, load_workload
 
 WORKLOADS = default_workload_path().parent

@@ -11,13 +11,12 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
-
-from qsx_batch.analysis import hypervolume, pareto_mask, ranking, usable
-from qsx_batch.cli import main
-from qsx_batch import results
-from qsx_batch.store import open_for_append
-
 from conftest import tiny_workload_dict, write_workload
+
+from qsx_batch import results
+from qsx_batch.cli import main
+from qsx_batch.results.pareto import hypervolume, pareto_mask, ranking, usable
+from qsx_batch.store import open_for_append
 
 
 @pytest.fixture(scope="module")

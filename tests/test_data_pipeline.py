@@ -12,23 +12,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torchvision import datasets, transforms as T
+from conftest import tiny_workload_dict, write_workload
+from imagefolder import write_imagefolder, write_shards
+from torchvision import datasets
+from torchvision import transforms as T
 
+from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.data import MemoryBudget, Samples, open_block, subset_indices
 from qsx_batch.data.budget import available_memory, memory_budget
 from qsx_batch.data.cache import CachedSamples
 from qsx_batch.data.shards import expand_braces
 from qsx_batch.data.sources import StreamingSamples, decoding_workers
-from qsx_batch.threads import allocation_cpus
 from qsx_batch.errors import UserError
-from qsx_batch.prepare import prepare_evaluator
-from qsx_batch.racing import RaceContext
-from qsx_batch import results
+from qsx_batch.evaluation.assembly import prepare_evaluator
+from qsx_batch.evaluation.racing import RaceContext
+from qsx_batch.threads import allocation_cpus
 from qsx_batch.workload import DatasetSpec, load_workload, parse_workload
-
-from conftest import tiny_workload_dict, write_workload
-from imagefolder import write_imagefolder, write_shards
 
 CPU = torch.device("cpu")
 ALL = 2 ** 40  # a budget every test block fits
@@ -159,7 +159,7 @@ def test_concurrent_writers_and_readers_never_see_half_a_cache(tmp_path):
     def write():
         try:
             seen.append(open_block(spec, tmp_path / "images", 0, "x", CPU, MemoryBudget(0), folder))
-        except Exception as exc:  # noqa: BLE001  (reported below)
+        except Exception as exc:
             errors.append(exc)
 
     writers = [threading.Thread(target=write) for _ in range(3)]

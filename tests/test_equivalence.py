@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from qsx_batch.calibration import apply_amax
 from qsx_batch.data import Samples
-from qsx_batch.evaluator import Evaluator
+from qsx_batch.evaluation.assembly import load_model, prepare_evaluator
+from qsx_batch.evaluation.calibration import apply_amax
+from qsx_batch.evaluation.evaluator import Evaluator
 from qsx_batch.models.quantized import InferenceTensorQuantizer, quant_nn, quantize_layers, quantizers_of
-from qsx_batch.prepare import load_model, prepare_evaluator
 from qsx_batch.problems.sparsity import BlockSparsifier
 from qsx_batch.workload import load_workload
 
@@ -150,7 +150,7 @@ def test_sparsity_evaluation_matches_plain_tiling(sparsity_workload):
         result = evaluator.evaluate(genome)
         counts = np.zeros((len(problem.layers), 3), dtype=np.int64)
 
-        def pre_hook(module, inputs, index, threshold):
+        def pre_hook(module, inputs, index, threshold, counts=counts):
             out, *numbers = reference_sparsify(inputs[0], problem.block_shape, threshold)
             counts[index] += numbers
             return (out,)

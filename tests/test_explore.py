@@ -12,12 +12,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from qsx_batch.cli import main
-from qsx_batch import results
-from qsx_batch.result import genome_key
-
 from conftest import tiny_workload_dict, write_workload
+
+from qsx_batch import results
+from qsx_batch.cli import main
+from qsx_batch.evaluation.record import genome_key
 
 
 def _explore(workload: Path, out: Path, *extra: str) -> int:
@@ -133,6 +132,12 @@ def test_finished_run_extended_equals_a_longer_fresh_run(quant_workload, tmp_pat
     other.write_text(data.replace("pop_size: 6", "pop_size: 8"))
     assert main(["explore", str(other), "--resume", str(short)]) == 2
     assert "exploration.nsga.pop_size" in capsys.readouterr().err
+    assert main(["explore", "--resume", str(short), "--generations", "3"]) == 2  # a run cannot be shortened
+    err = capsys.readouterr().err
+    assert f"--generations 3: {short} already holds 5 generations" in err and "Traceback" not in err
+    assert main(["explore", str(quant_workload), "--resume", str(short)]) == 2  # the file's 2 generations
+    assert "exploration.nsga.generations: 2 in" in capsys.readouterr().err
+    assert results.open(short).generations.rows == 5
 
 
 def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float = 240) -> None:

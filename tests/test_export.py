@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from qsx_batch.cli import main
-from qsx_batch.export import load_exported
-from qsx_batch.prepare import load_block
 from qsx_batch import results
+from qsx_batch.cli import main
+from qsx_batch.evaluation.assembly import load_block
+from qsx_batch.tools.deployment import load_exported
 
 
 def _run(tmp_path, workload_path, predefined: list[float], name: str):

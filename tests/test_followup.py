@@ -11,13 +11,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import WEIGHTS, tiny_workload_dict, write_workload
 
+from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.models import build_model, load_weights
-from qsx_batch import results
 from qsx_batch.store import read_table
-
-from conftest import WEIGHTS, tiny_workload_dict, write_workload
 
 # LeNet-5 on 1x28x28: (weights, input elements, output elements) per target layer, from the layer shapes.
 LENET = {"conv1": (6 * 1 * 5 * 5, 1 * 28 * 28, 6 * 28 * 28), "conv2": (16 * 6 * 5 * 5, 6 * 14 * 14, 16 * 10 * 10),
@@ -108,6 +107,27 @@ def test_retrain_fresh_copies_keep_or_improve_accuracy(quant, tmp_path, capsys):
     assert not torch.equal(model.fc1.weight, original.fc1.weight)
 
 
+def test_retrain_reports_the_workloads_own_metric(quant, tmp_path, capsys):
+    """With model.accuracy_function top5_accuracy, retraining's validation accuracy is top-5, as evaluate's."""
+    import copy as deep
+
+    _, run_file, data = quant
+    top5 = deep.deepcopy(data)
+    top5["workload"]["model"]["accuracy_function"] = "top5_accuracy"
+    other = write_workload(tmp_path, top5)
+    run = shutil.copy(run_file, tmp_path / "run.h5")
+    worst = int(np.argmin(results.open(run).individuals["accuracy"]))
+    assert main(["retrain", str(run), "--workload", str(other), "--index", str(worst), "--epochs", "1"]) == 0
+    assert main(["evaluate", str(run), "--workload", str(other), "--index", str(worst),
+                 "--dataset", "retraining.datasets.validation"]) == 0
+    assert main(["evaluate", str(run), "--index", str(worst), "--dataset", "retraining.datasets.validation",
+                 "--again"]) == 0
+    capsys.readouterr()
+    follow = results.open(run).follow_ups
+    top5_score, top1_score = follow["reevaluations"]["accuracy"]
+    assert follow["retraining"]["accuracy"][0] == top5_score != top1_score
+
+
 def _zero_tiles(x: np.ndarray, block: int) -> tuple[int, int]:
     """Tiles of a batch of layer inputs and how many are all zero, counted with plain loops."""
     if x.ndim == 4:
@@ -128,7 +148,7 @@ def test_blocks_match_hand_counted_tiles(tmp_path, capsys):
         rows = {r["layer"]: r for r in csv.DictReader(fh)}
     assert {k: int(r["blocks_per_sample"]) for k, r in rows.items()} == {
         "conv1": 7 * 7, "conv2": 6 * 4 * 4, "fc1": 25, "fc2": 8, "fc3": 6}  # 4x4 tiles, 16-feature runs
-    from qsx_batch.prepare import load_block
+    from qsx_batch.evaluation.assembly import load_block
     from qsx_batch.workload import load_workload
 
     wl = load_workload(workload)

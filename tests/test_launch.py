@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import yaml
 
+from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch import results
-from qsx_batch.result import genome_key
+from qsx_batch.evaluation.record import genome_key
 from qsx_batch.store import open_for_reading, read_table
 from qsx_batch.workload import default_workload_path, load_workload
 
@@ -175,11 +175,11 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
 def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, monkeypatch):
     import torch
 
-    from qsx_batch.prepare import build_problem
-    from qsx_batch.executors.base import EvalRequest
-    from qsx_batch.executors.cluster import for_array_tasks
-    from qsx_batch.executors.jobs import JobFiles
+    from qsx_batch.evaluation.assembly import build_problem
+    from qsx_batch.executors.base import EvalRequest, Stage
+    from qsx_batch.executors.job_files import JobFiles
     from qsx_batch.executors.slurm import SlurmExecutor
+    from qsx_batch.executors.slurm_cluster import for_array_tasks
     from qsx_batch.workload import LaunchSpec
 
     monkeypatch.setenv(FAULT, "raise")  # task 0 of every attempt-1 array raises after its first result
@@ -195,7 +195,7 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
                                  verbose=True)
         executor.max_array_size = 1  # as on a cluster with MaxArraySize=1: one array job per chunk
         try:
-            return list(executor.run([EvalRequest(g) for g in chosen], generation))
+            return list(executor.run([EvalRequest(g) for g in chosen], Stage.generation(generation)))
         finally:
             executor.close()
 
@@ -352,7 +352,7 @@ def test_unwritable_results_folder(slurm, tmp_path, capsys):
 def test_launch_section_then_run_settings_then_command_line(tmp_path):
     from qsx_batch.cli import build_parser
     from qsx_batch.commands.options import given_slurm_settings
-    from qsx_batch.executors.cluster import resolve_settings
+    from qsx_batch.executors.slurm_cluster import resolve_settings
 
     workload = load_workload(write_workload(tmp_path, launch={
         "partition": "cpu", "individuals_per_task": 3, "slurm_opt": {"constraint": "a100", "exclusive": True}}))
@@ -367,7 +367,7 @@ def test_launch_section_then_run_settings_then_command_line(tmp_path):
 
 
 def test_site_example_is_a_valid_launch_section():
-    from qsx_batch.executors.cluster import container_python, sbatch_options
+    from qsx_batch.executors.slurm_cluster import container_python, sbatch_options
     from qsx_batch.workload import LaunchSpec
 
     data = yaml.safe_load((Path(__file__).parents[1] / "slurm" / "site-example.yaml").read_text())

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-
 from test_launch import individuals, launch_command, write_workload
 
 STAND_IN = """#!/bin/sh

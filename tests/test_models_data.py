@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import WEIGHTS
 
 from qsx_batch.data import MemoryBudget, open_block, subset_indices
 from qsx_batch.data.embedded import SPLITS, embedded_mnist
 from qsx_batch.errors import UserError
 from qsx_batch.models import build_model, load_weights, model_names, save_weights
 from qsx_batch.workload import DatasetSpec
-
-from conftest import WEIGHTS
 
 
 def test_registry_has_builtin_and_torchvision_models():

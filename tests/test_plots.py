@@ -5,12 +5,11 @@ from __future__ import annotations
 import matplotlib.image
 import numpy as np
 import pytest
-
-from qsx_batch.cli import main
-from qsx_batch.plots import front_bits_figure, pareto_figure
-from qsx_batch import results
-
 from conftest import tiny_workload_dict, write_workload
+
+from qsx_batch import results
+from qsx_batch.cli import main
+from qsx_batch.results.plots import front_bits_figure, pareto_figure
 
 
 def _run(tmp_path_factory, problem: str):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_workload_dict, write_workload
 
-from qsx_batch.prepare import build_problem, calibration_path, prepare_evaluator
+from qsx_batch.evaluation.assembly import build_problem, calibration_path, prepare_evaluator
 from qsx_batch.problems.sparsity import BlockSparsifier, threshold_values
 from qsx_batch.workload import ExtraArgs, load_workload
-
-from conftest import tiny_workload_dict, write_workload
 
 CPU = torch.device("cpu")
 
@@ -64,7 +63,7 @@ def test_calibration_is_saved_reused_and_keeps_batchnorm(tmp_path):
     bn = problem.model.bn1
     bn.running_mean.fill_(0.5)
     before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
-    from qsx_batch.prepare import ensure_calibration
+    from qsx_batch.evaluation.assembly import ensure_calibration
 
     path, computed = ensure_calibration(workload, problem, CPU)
     assert computed and calibration_path(workload) == __import__("pathlib").Path(path)

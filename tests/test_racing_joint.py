@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_workload_dict, write_workload
 
+from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.prepare import build_problem, prepare_evaluator
-from qsx_batch.racing import RaceContext, stage_sizes, wilson_interval
-from qsx_batch import results
+from qsx_batch.evaluation.assembly import build_problem, prepare_evaluator
+from qsx_batch.evaluation.racing import RaceContext, stage_sizes, wilson_interval
 from qsx_batch.workload import load_workload
-
-from conftest import tiny_workload_dict, write_workload
 
 
 def test_wilson_interval_hand_computed():
@@ -96,7 +95,7 @@ def test_joint_problem_cost_counts_macs_on_nonzero_tiles(tmp_path):
     dense = evaluator.evaluate(np.concatenate([bits, np.zeros(5)]))
     plain_bitops = sum(layer.macs * 16 for layer in problem.layers)
     nonzero = 1 - dense.blocks_already / dense.blocks_total
-    assert dense.cost == pytest.approx(sum(l.macs * 16 * s for l, s in zip(problem.layers, nonzero)))
+    assert dense.cost == pytest.approx(sum(layer.macs * 16 * s for layer, s in zip(problem.layers, nonzero)))
     assert dense.cost <= plain_bitops
     sparse = evaluator.evaluate(np.concatenate([bits, np.full(5, 10.0)]))
     assert sparse.blocks_created.sum() > 0 and sparse.cost < dense.cost

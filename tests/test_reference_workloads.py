@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
+from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.prepare import build_problem, workload_device
-from qsx_batch import results
+from qsx_batch.evaluation.assembly import build_problem, workload_device
 from qsx_batch.workload import load_workload
 
 CLASSES, PER_CLASS = 4, 6
@@ -186,7 +186,7 @@ def test_racing_needs_a_sample_counting_metric(quant_workload, tmp_path, capsys)
 
 def test_top5_accuracy_is_at_least_top1(quant_workload):
     workload = load_workload(quant_workload)
-    from qsx_batch.metrics import accuracy_function
+    from qsx_batch.evaluation.metrics import accuracy_function
 
     outputs, labels = torch.randn(64, 10), torch.randint(0, 10, (64,))
     top1 = accuracy_function("classification_accuracy").pairs(outputs, labels)
@@ -266,3 +266,19 @@ def test_log_file_is_appended_unless_cleared(quant_workload, tmp_path):
                  "--generations", "1"]) == 0
     log = (tmp_path / "logs" / "run.log").read_text()
     assert log.count("qsx-batch explore started") == 1 and "b.h5" not in log
+
+
+def test_log_lines_get_one_timestamp_each(tmp_path):
+    """The SLURM executor stamps its own lines; the log file adds a stamp only to lines without one."""
+    import io
+
+    from qsx_batch.search.log import _Tee
+
+    log, console = io.StringIO(), io.StringIO()
+    tee = _Tee(console, log)
+    tee.write("2026-12-02 19:04:05 g0000: 4 individuals in 2 tasks\nplain line\n\x1b[2Kgen 0: 50%\rgen 0: 100%\n")
+    lines = log.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert lines[0] == "2026-12-02 19:04:05 g0000: 4 individuals in 2 tasks"
+    assert re.fullmatch(stamp + "plain line", lines[1]) and re.fullmatch(stamp + "gen 0: 100%", lines[2])
+    assert console.getvalue().startswith("2026-12-02 19:04:05 g0000")  # the console gets the text unchanged

@@ -25,15 +25,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import missing, tiny_workload_dict, write_workload
 
 from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
-from qsx_batch.result import IndividualResult, Status
+from qsx_batch.evaluation.record import IndividualResult, Status
 from qsx_batch.store import open_for_append
 from qsx_batch.store.format import TABLE_COLUMNS
-
-from conftest import missing, tiny_workload_dict, write_workload
 
 OLD_H5PY = Path(os.environ.get("QSX_OLD_H5PY_VENV", Path.home() / ".cache/qsx-batch/h5py-3.11.0")) / "bin/python"
 VERSION_1 = Path(__file__).parent / "data" / "results-v1-killed.h5"  # see tests/data/README.md

@@ -4,16 +4,17 @@ results files, evaluated locally and as SLURM array jobs, and the search started
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_workload_dict, write_workload
+
 from qsx_batch import results
 from qsx_batch.cli import main
-from qsx_batch.prepare import prepare_evaluator
-from qsx_batch.result import genome_key
+from qsx_batch.evaluation.assembly import prepare_evaluator
+from qsx_batch.evaluation.record import genome_key
 from qsx_batch.workload import load_workload
 
 QUANT_GENES = 10  # LeNet-5: five layers, an input and a weight quantizer each
@@ -165,6 +166,18 @@ def test_initial_population_list_and_csv(tmp_path, capsys):
     gene_names = results.open(again).gene_names
     expected = [[float(row[name]) for name in gene_names] for row in front]
     assert [list(g) for g in results.open(again).individuals["genome"][: len(front)]] == expected
+
+    # the spec keeps the path as written, so a copy of workload and CSV in another folder resumes the run
+    assert load_workload(workload).spec.exploration.initial_population == "front.csv"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(csv_file, elsewhere / "front.csv")
+    copied = shutil.copy(workload, elsewhere / "from_csv.yaml")
+    assert main(["explore", str(copied), "--resume", str(again), "--generations", "3"]) == 0
+    assert results.open(again).generations.rows == 3
+    (elsewhere / "front.csv").unlink()  # read from the copy's folder, not from where the run started
+    assert main(["explore", str(copied), "--resume", str(again), "--generations", "4"]) == 2
+    assert f"cannot read {elsewhere / 'front.csv'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value, message", [

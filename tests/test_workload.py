@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import WEIGHTS, tiny_workload_dict, write_workload
 
 from qsx_batch.errors import UserError
-from qsx_batch.workload import load_workload, parse_workload
-
-from conftest import WEIGHTS, tiny_workload_dict, write_workload
+from qsx_batch.workload import differing_keys, dump_workload, load_workload, parse_workload
 
 REFERENCE_STYLE = f"""
 workload:
@@ -176,3 +175,75 @@ def test_empty_dataset(tmp_path):
 
 def test_missing_workload_file(tmp_path):
     _assert_clean_error(_cli("explore", tmp_path / "nope.yaml"), "nope.yaml", "does not exist")
+
+
+def _relative_inputs(folder, energy_key: str) -> dict:
+    """A tiny quantization workload whose CSV initial_population and energy table are written relative."""
+    data = tiny_workload_dict("quantization", folder.parent)
+    exploration = data["workload"]["exploration"]
+    exploration["initial_population"] = "start/front.csv"
+    if energy_key == "table":
+        exploration["extra_args"]["energy"] = {"table": "tables/energy.csv"}
+    else:
+        exploration["energy_evaluation"] = {"dram_analysis_file": "tables/energy.csv"}
+    return data
+
+
+@pytest.mark.parametrize("energy_key", ["table", "dram_analysis_file"])
+def test_relative_inputs_are_kept_as_written(tmp_path, energy_key):
+    """The spec keeps relative inputs as written (a copy elsewhere is the same workload); they resolve against
+    the workload file's folder only when used."""
+    specs = []
+    for name in ("here", "there"):
+        folder = tmp_path / name
+        folder.mkdir()
+        specs.append(load_workload(write_workload(folder, _relative_inputs(folder, energy_key))))
+    here, there = specs
+    exploration = here.spec.exploration
+    table = (exploration.extra_args.energy.table if energy_key == "table"
+             else exploration.energy_evaluation.dram_analysis_file)
+    assert (exploration.initial_population, table) == ("start/front.csv", "tables/energy.csv")
+    dumped = yaml.safe_load(dump_workload(here))["workload"]["exploration"]
+    assert dumped["initial_population"] == "start/front.csv" and "tables/energy.csv" in yaml.safe_dump(dumped)
+    assert differing_keys(here.spec, there.spec) == []
+    assert here.input_path(table) == tmp_path / "here" / "tables" / "energy.csv"
+    assert there.input_path(exploration.initial_population) == tmp_path / "there" / "start" / "front.csv"
+    assert here.input_path(str(tmp_path / "abs.csv")) == tmp_path / "abs.csv"  # absolute paths stay
+
+
+def test_resume_with_a_copy_of_the_workload_in_another_folder(tmp_path):
+    """A run whose CSV initial_population is relative resumes from a copy of the workload and its CSV elsewhere
+    (the original folder gone); the CSV is read from the workload's folder, not the working folder."""
+    import shutil
+
+    import torch
+
+    from qsx_batch import results
+    from qsx_batch.evaluation.assembly import build_problem
+
+    first, second, elsewhere = tmp_path / "first", tmp_path / "second", tmp_path / "cwd"
+    for folder in (first, second / "start", elsewhere):
+        folder.mkdir(parents=True)
+    data = tiny_workload_dict("quantization", tmp_path, pop_size=4, offsprings=4, generations=1)
+    data["workload"]["exploration"]["initial_population"] = "start/front.csv"
+    data["workload"]["exploration"]["datasets"]["exploration"]["sample_limit"] = 64
+    workload = write_workload(first, data)
+    genes = build_problem(load_workload(workload), torch.device("cpu"), calibrate=False).gene_names
+    starting = [[8] * len(genes), [4] * len(genes)]
+    (first / "start").mkdir()
+    (first / "start" / "front.csv").write_text(
+        ",".join(genes) + "\n" + "".join(",".join(map(str, row)) + "\n" for row in starting))
+    out = tmp_path / "run.h5"
+    proc = _cli("explore", workload, "-o", out, "--skip-baseline", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    run = results.open(out)
+    assert run.generations.rows == 1
+    assert [list(g) for g in run.individuals["genome"][:2]] == starting  # read from the workload's folder
+
+    shutil.copy(workload, second / "workload.yaml")
+    shutil.copy(first / "start" / "front.csv", second / "start" / "front.csv")
+    shutil.rmtree(first)
+    proc = _cli("explore", "--resume", out, second / "workload.yaml", "--generations", 2, "--skip-baseline",
+                cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert results.open(out).generations.rows == 2

@@ -6,8 +6,21 @@ options used by several commands live in :mod:`.options`. A command imports the 
 ``qsx-batch --help`` and a mistyped option answer at once instead of after loading torch.
 """
 
-from . import (blocks, calibrate, energy, evaluate, explore, export, inspect, launch, plot, retrain, sensitivity, train,
-               validate)
+from . import (
+    blocks,
+    calibrate,
+    energy,
+    evaluate,
+    explore,
+    export,
+    inspect,
+    launch,
+    plot,
+    retrain,
+    sensitivity,
+    train,
+    validate,
+)
 
 COMMANDS = (explore, validate, calibrate, train, sensitivity, inspect, plot, evaluate, retrain, export, blocks, energy,
             launch)

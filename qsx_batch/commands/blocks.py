@@ -20,10 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..blocks import block_stats, stats_text
     from ..errors import UserError
-    from ..prepare import workload_device
-    from ..report import write_csv
+    from ..evaluation.assembly import workload_device
+    from ..results.report import write_csv
+    from ..tools.sparsity_tiles import block_stats, stats_text
     from ..workload import load_workload
 
     if args.block_size is not None and args.block_size < 1:

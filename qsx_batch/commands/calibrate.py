@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..prepare import build_problem, ensure_calibration, workload_device
+    from ..evaluation.assembly import build_problem, ensure_calibration, workload_device
     from ..workload import load_workload
 
     workload = load_workload(args.workload)

@@ -25,28 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..dram_energy import workload_energy_model
-    from ..errors import UserError
-    from ..report import write_csv
+    from ..tools.dram_energy import write_energy_table
     from ..workload import load_workload
 
     workload = load_workload(args.workload)
-    extra = workload.spec.exploration.extra_args
-    bits = args.bits if args.bits is not None else extra.num_bits_upper_limit
-    if not 1 <= bits <= 32:
-        raise UserError(f"--bits {bits}: give a bit width from 1 to 32.")
-    model = workload_energy_model(workload)
-    n = len(model.tensors)
-    rows = model.rows(np.full(n, bits), np.full(n, bits))
-    output = Path(args.output) if args.output else workload.results_dir() / f"{workload.name}.energy.csv"
-    try:
-        write_csv(rows, output)
-    except OSError as exc:
-        raise UserError(f"Cannot write the energy table {output}: {exc}.") from None
+    model, rows, bits, output = write_energy_table(workload, args.bits, Path(args.output) if args.output else None)
+    energy = workload.spec.exploration.extra_args.energy
     print(f"DRAM transfers and energy per inference at {bits} bits ({model.source}, "
-          f"{extra.energy.pj_per_access:g} pJ per {extra.energy.access_bits}-bit access)")
+          f"{energy.pj_per_access:g} pJ per {energy.access_bits}-bit access)")
     print(f"  {'layer':<16}{'weight_reads':>14}{'input_reads':>14}{'output_writes':>15}{'energy_uJ':>12}")
     for r in rows:
         print(f"  {r['layer']:<16}{r['weight_reads']:>14.0f}{r['input_reads']:>14.0f}{r['output_writes']:>15.0f}"

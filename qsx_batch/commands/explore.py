@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .options import add_run_options, add_workload
+from .options import add_run_options, add_workload, placement
 
 NAME = "explore"
 HELP = "run an exploration on this machine"
@@ -19,16 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..executors.local import LocalExecutor
-    from ..prepare import prepare_evaluator, workload_device
-    from ..runlog import run_log
-    from ..runs import closed_on_failure, create_run, run_search, run_workload
-    from ..search import SearchOptions
+    from ..search.log import run_log
+    from ..search.nsga import SearchOptions
+    from ..search.placement import assemble_run
+    from ..search.run import closed_on_failure, run_search, run_workload
 
     workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, args.generations)
     with closed_on_failure(writer), run_log(workload, NAME):
-        evaluator = prepare_evaluator(workload, workload_device(workload, args.device))
-        writer = writer or create_run(workload, evaluator.problem, Path(args.output) if args.output else None)
-        print(f"results -> {writer.path}", file=sys.stderr)
+        run = assemble_run(workload, placement(args, slurm=False), writer, Path(args.output) if args.output else None)
         options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose)
-        return run_search(workload, evaluator.problem, LocalExecutor(evaluator), writer, options, NAME)
+        return run_search(run.workload, run.problem, run.executor, run.writer, options, NAME)

@@ -11,7 +11,7 @@ NAME = "export"
 HELP = "write a recipe, a fake-quantized PyTorch model and (8/4-bit) ONNX of chosen individuals"
 DESCRIPTION = ("For each chosen individual: individual-<row>.recipe.json (per quantizer layer, role, bits, amax; per "
                "layer threshold and tile; workload hash and versions), individual-<row>.pt (load it with "
-               "qsx_batch.export.load_exported), and individual-<row>.onnx when ONNX can express it (all "
+               "qsx_batch.tools.deployment.load_exported), and individual-<row>.onnx when ONNX can express it (all "
                "quantizers at 8 or 4 bits, no sparsity).")
 
 
@@ -21,19 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..export import export_individual
-    from ..prepare import build_problem, probe_batch
-    from .followup import load_followup
+    from ..tools.deployment import export_chosen
+    from ..tools.followup import load_followup
 
     job = load_followup(args)
     out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-export")
-    sample, _ = probe_batch(job.workload, torch.device("cpu"))
-    for row in job.rows:
-        problem = build_problem(job.workload, torch.device("cpu"))  # fresh: each export configures its own model
-        job.check_problem(problem)
-        files, refusal = export_individual(job.run, int(row), job.workload, problem, sample, out)
+    for row, files, refusal in export_chosen(job, out):
         print(f"#{row:<5} " + "  ".join(str(f) for f in files) + (f"  (no ONNX: {refusal})" if refusal else ""))
-    print(f"load a model with: qsx_batch.export.load_exported('{out}/individual-<row>.pt')")
+    print(f"load a model with: qsx_batch.tools.deployment.load_exported('{out}/individual-<row>.pt')")
     return 0

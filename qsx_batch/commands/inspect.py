@@ -30,16 +30,25 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import results
-    from ..report import (follow_up_text, generations_text, individuals_text, sensitivity_text, summary_text,
-                          table_rows, write_csv, write_json, write_tikz)
-    from ..selection import has_choice, selected_rows
+    from ..results.report import (
+        follow_up_text,
+        generations_text,
+        individuals_text,
+        sensitivity_text,
+        summary_text,
+        table_rows,
+        write_csv,
+        write_json,
+        write_tikz,
+    )
+    from ..results.selection import has_choice, selected_rows
 
     run = results.open(args.results)
     chosen = has_choice(args)
     rows = selected_rows(run, args) if chosen else run.pareto()
     energy = None
     if args.energy:
-        from ..dram_energy import run_energy  # builds the model: only when asked
+        from ..tools.dram_energy import run_energy
 
         energy = run_energy(run)
     print(summary_text(run))

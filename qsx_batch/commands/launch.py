@@ -1,9 +1,7 @@
 """``qsx-batch launch``: the ``explore`` search with every generation evaluated as SLURM array jobs.
 
-The launcher builds the problem here on CPU (calibrating once and writing the data cache of image-folder blocks,
-before any task starts), opens the results file as its only writer and runs the search with a
-:class:`~qsx_batch.executors.slurm.SlurmExecutor`; its SLURM files live in ``<run>.jobs/`` beside the results file
-(:mod:`qsx_batch.executors.jobs`).
+The launcher assembles the run (:func:`qsx_batch.search.placement.assemble_run`: the problem built here on CPU,
+the data cache written before any task starts) and is the results file's only writer.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options, add_slurm_options, add_workload
+from .options import add_run_options, add_slurm_options, add_workload, placement
 
 NAME = "launch"
 HELP = "run an exploration with every generation as SLURM array jobs"
@@ -27,16 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runlog import run_log
-    from ..runs import closed_on_failure, run_search, run_workload
-    from ..search import SearchOptions
-    from .arrays import start_array_run
+    from ..search.log import run_log
+    from ..search.nsga import SearchOptions
+    from ..search.placement import assemble_run
+    from ..search.run import closed_on_failure, run_search, run_workload
 
-    resume = Path(args.resume) if args.resume else None
-    workload, writer = run_workload(args.workload, resume, args.generations)
+    workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, args.generations)
     with closed_on_failure(writer), run_log(workload, NAME):
-        problem, writer, executor = start_array_run(workload, writer, resume,
-                                                    Path(args.output) if args.output else None, args)
+        run = assemble_run(workload, placement(args, slurm=True), writer, Path(args.output) if args.output else None)
         options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose,
-                                log=executor.log)  # timestamped, as the executor's own lines
-        return run_search(executor.workload, problem, executor, writer, options, NAME)
+                                log=run.log)  # timestamped, as the executor's own lines
+        return run_search(run.workload, run.problem, run.executor, run.writer, options, NAME)

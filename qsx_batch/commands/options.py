@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..workload import LaunchSpec
+
+if TYPE_CHECKING:
+    from ..search.placement import Placement
 
 
 def add_workload(p: argparse.ArgumentParser) -> None:
@@ -86,8 +89,17 @@ def given_slurm_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in LaunchSpec.model_fields if getattr(args, name, None) is not None}
 
 
+def placement(args: argparse.Namespace, slurm: bool) -> Placement:
+    """Where the command's evaluations run: SLURM array tasks when ``slurm`` or any SLURM option is given."""
+    from ..search.placement import Placement  # torch and submitit: only for the commands that run
+
+    given = given_slurm_settings(args)
+    return Placement(device=getattr(args, "device", None), threads=getattr(args, "threads", None),
+                     slurm=given if slurm or given else None, verbose=getattr(args, "verbose", False))
+
+
 def add_choice(p: argparse.ArgumentParser, failed: bool = True) -> None:
-    """The individual-choice options (qsx_batch.selection)."""
+    """The individual-choice options (qsx_batch.results.selection)."""
     p.add_argument("--index", type=int, nargs="+", metavar="I", help="individual row numbers (the '#' column)")
     p.add_argument("--generation", type=int, metavar="G", help="only individuals first evaluated in generation G")
     if failed:

@@ -1,4 +1,4 @@
-"""``qsx-batch plot``: figures of a results file (PNG, PDF, SVG), drawn by :mod:`qsx_batch.plots`."""
+"""``qsx-batch plot``: figures of a results file (PNG, PDF, SVG), drawn by :mod:`qsx_batch.results.plots`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import results
     from ..errors import UserError
-    from ..plots import plot_run
+    from ..results.plots import plot_run
 
     run = results.open(args.results)
     out = Path(args.out) if args.out else run.path.with_name(run.path.stem + "-plots")

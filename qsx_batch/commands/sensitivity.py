@@ -4,10 +4,9 @@ neutral, stored as the ``sensitivity`` table of a new results file or of an exis
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .options import add_device, add_slurm_options, add_workload, given_slurm_settings
+from .options import add_device, add_slurm_options, add_workload, placement
 
 NAME = "sensitivity"
 HELP = "sweep each gene alone (every other gene neutral) and store the accuracy per gene and value"
@@ -35,31 +34,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import results
-    from ..executors.local import LocalExecutor
-    from ..prepare import prepare_evaluator, workload_device
-    from ..report import sensitivity_text
-    from ..runlog import run_log
-    from ..runs import closed_on_failure, create_run, run_to_end, run_workload
-    from ..sensitivity import measure_sensitivity
-    from .arrays import start_array_run
+    from ..results.report import sensitivity_text
+    from ..search.log import run_log
+    from ..search.placement import assemble_run
+    from ..search.run import closed_on_failure, run_to_end, run_workload
+    from ..search.sensitivity import measure_sensitivity
 
-    resume = Path(args.resume) if args.resume else None
-    output = Path(args.output) if args.output else None
-    on_slurm = args.slurm or bool(given_slurm_settings(args))
-    workload, writer = run_workload(args.workload, resume, None)
+    where = placement(args, slurm=args.slurm)
+    workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, None)
     with closed_on_failure(writer), run_log(workload, NAME):
-        if on_slurm:
-            problem, writer, executor = start_array_run(workload, writer, resume, output, args)
-            log = executor.log
-        else:
-            evaluator = prepare_evaluator(workload, workload_device(workload, args.device))
-            problem, executor, log = evaluator.problem, LocalExecutor(evaluator), None
-            writer = writer or create_run(workload, problem, output)
-            print(f"results -> {writer.path}", file=sys.stderr)
-        path = writer.path
-        hint = f"qsx-batch {NAME} --resume {path}" + (" --slurm" if on_slurm else "")
-        status = run_to_end(lambda: measure_sensitivity(problem, executor, writer, workload.spec.exploration.sensitivity,
-                                                        args.progress, log), executor, writer, hint)
+        run = assemble_run(workload, where, writer, Path(args.output) if args.output else None)
+        path = run.writer.path
+        hint = f"qsx-batch {NAME} --resume {path}" + (" --slurm" if where.on_slurm else "")
+        status = run_to_end(lambda: measure_sensitivity(run.problem, run.executor, run.writer,
+                                                        workload.spec.exploration.sensitivity, args.progress,
+                                                        run.log), run.executor, run.writer, hint)
     if status == 0:
         print(sensitivity_text(results.open(path)))
         print(f"\nstored in {path} (table 'sensitivity'); heat map: qsx-batch plot {path}")

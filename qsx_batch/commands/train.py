@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..training import train_weights
+    from ..tools.training import train_weights
     from ..workload import load_workload
 
     workload = load_workload(args.workload)

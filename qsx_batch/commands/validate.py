@@ -19,25 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from ..tools.validation import validate_workload
+    from ..workload import dump_workload
 
-    from ..data import dataset_size
-    from ..errors import UserError
-    from ..initial_population import given_genomes
-    from ..metrics import check_racing
-    from ..prepare import build_problem, metric_names
-    from ..workload import dump_workload, load_workload
-
-    workload = load_workload(args.workload)
-    check_racing(workload.spec)  # resolves model.accuracy_function too
-    problem = build_problem(workload, torch.device("cpu"), calibrate=False)  # model, weights, layers, settings
-    given_genomes(workload.spec.exploration, problem)  # predefined_parameters, an initial_population list or CSV
-    bounds, names = workload.spec.exploration.minimum_accuracy, metric_names(workload, problem)
-    if isinstance(bounds, list) and len(bounds) != len(names):
-        raise UserError(f"Workload {workload.path}: exploration.minimum_accuracy has {len(bounds)} bounds, but "
-                        f"model.accuracy_function returns {len(names)} metric(s); give one bound per metric.")
-    for key, block in workload.dataset_blocks().items():
-        dataset_size(block, workload.input_path(block.path) if block.path else None, key)
+    workload = validate_workload(args.workload)
     print(dump_workload(workload), end="")
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0

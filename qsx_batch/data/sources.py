@@ -143,7 +143,7 @@ class Samples(FixedSubset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> "Samples":
+    def to(self, device: torch.device) -> Samples:
         return Samples(self.inputs.to(device), self.labels.to(device), self.batch_size, self.normalization)
 
     def raw_batches(self, start: int = 0, stop: int | None = None,
@@ -159,7 +159,7 @@ class Samples(FixedSubset):
                 yield self.inputs[rows], self.labels[rows]
 
     @classmethod
-    def gather(cls, source: Source, what: str) -> "Samples":
+    def gather(cls, source: Source, what: str) -> Samples:
         """Every raw batch of a streaming ``source``, held in memory on its device (a progress bar on a terminal
         when there are many batches)."""
         inputs = labels = None

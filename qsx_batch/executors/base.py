@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from ..racing import RaceContext
-from ..result import IndividualResult
+from ..evaluation.racing import RaceContext
+from ..evaluation.record import IndividualResult
 
 
-# What ``Executor.run`` gets as the generation of requests made before the search, in the order they run: the
-# baseline (also the stage of 'evaluate'), then the sensitivity sweep.
-BASELINE_STAGE = -2
-SENSITIVITY_STAGE = -1
+@dataclass(frozen=True)
+class Stage:
+    """Which requests one :meth:`Executor.run` call holds. The name labels log lines and job folders; ``order`` is
+    the stage's place in a search (baseline, sensitivity, generation 0, 1, ...), ``None`` for a re-evaluation,
+    which stands apart from any search."""
+
+    name: str
+    order: int | None
+
+    @classmethod
+    def generation(cls, k: int) -> Stage:
+        return cls(f"g{k:04d}", k + 2)
+
+    def earlier(self) -> list[Stage]:
+        """The stages a search has finished before this one starts."""
+        if self.order is None:
+            return []
+        return [BASELINE_STAGE, SENSITIVITY_STAGE, *(Stage.generation(k) for k in range(self.order - 2))][: self.order]
+
+
+BASELINE_STAGE = Stage("baseline", 0)
+SENSITIVITY_STAGE = Stage("sensitivity", 1)
+EVALUATE_STAGE = Stage("evaluate", None)
 
 
 @dataclass(frozen=True)
@@ -30,7 +50,7 @@ class EvalRequest:
 class Executor(Protocol):
     """Moves evaluation requests to evaluators and their results back, in completion order."""
 
-    def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
+    def run(self, requests: list[EvalRequest], stage: Stage) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
         """Yield (request, result, attempt) for every request, as each result becomes available."""
 
     def close(self) -> None:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
-from ..evaluator import Evaluator
+from ..evaluation.evaluator import Evaluator
+from ..evaluation.record import IndividualResult
 from ..interrupts import raise_if_requested
-from ..result import IndividualResult
-from .base import EvalRequest
+from .base import EvalRequest, Stage
 
 
 class LocalExecutor:
-    """In-process executor around one prepared :class:`~qsx_batch.evaluator.Evaluator`."""
+    """In-process executor around one prepared :class:`~qsx_batch.evaluation.evaluator.Evaluator`."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
 
-    def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
+    def run(self, requests: list[EvalRequest], stage: Stage) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
         """Evaluate the requests in order; a stop request (even one whose exception was swallowed) ends the run
         before the next evaluation."""
         for request in requests:

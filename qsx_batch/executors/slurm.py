@@ -1,11 +1,12 @@
-"""Evaluate each generation as SLURM array jobs submitted through submitit; results stream back as shard files.
+"""Evaluate each stage as SLURM array jobs submitted through submitit; results stream back as shard files.
 
-One call of :meth:`SlurmExecutor.run` (one generation) splits the requests into chunks of
-``individuals_per_task``, submits them as one array job (several when the cluster's ``MaxArraySize`` is smaller
-than the number of chunks), and yields every result as soon as its task publishes it (:mod:`.worker` writes,
-:mod:`.jobs` is the channel). Individuals of tasks that raised, were cancelled, timed out too often or lost their
-node are resubmitted up to ``max_retries`` times; what still has no result becomes a ``failed`` result. Every
-call ends with one log line: its tasks by how they ended, the most queued and running at once, its wall time.
+One call of :meth:`SlurmExecutor.run` (one stage: the baseline, the sensitivity sweep, a generation or a
+re-evaluation) splits the requests into chunks of ``individuals_per_task``, submits them as one array job (several
+when the cluster's ``MaxArraySize`` is smaller than the number of chunks), and yields every result as soon as its
+task publishes it (:mod:`.worker` writes, :mod:`.job_files` is the channel). Individuals of tasks that raised, were
+cancelled, timed out too often or lost their node are resubmitted up to ``max_retries`` times; what still has no
+result becomes a ``failed`` result. Every call ends with one log line: its tasks by how they ended, the most queued
+and running at once, its wall time.
 
 The executor reads two private parts of submitit (1.5.x, pinned in pyproject.toml and checked by
 tests/test_submitit_contract.py): the result pickle of a finished task (``job.paths.result_pickle``, a pair
@@ -19,25 +20,23 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generator, Iterator
 
-import numpy as np
 import submitit
 from submitit.core.utils import FailedJobError
 from submitit.helpers import clean_env
 
 from ..errors import UserError
+from ..evaluation.record import IndividualResult
 from ..interrupts import raise_if_requested
 from ..problems import Problem
-from ..result import IndividualResult, Status
 from ..workload import LaunchSpec, Workload
-from .base import BASELINE_STAGE, EvalRequest
-from .cluster import cancel, container_python, max_array_size, queued_job_ids, release_requeued, sbatch_options
-from .jobs import JobFiles, read_results, result_key, stage_name
+from .base import EvalRequest, Stage
+from .job_files import JobFiles, read_results, result_key
+from .slurm_cluster import cancel, container_python, max_array_size, queued_job_ids, release_requeued, sbatch_options
 from .worker import EvaluateChunk
-
 
 QUEUED_STATES = ("PENDING", "REQUEUED", "UNKNOWN")  # UNKNOWN: submitted, not listed by accounting yet
 RUNNING_STATES = ("RUNNING", "COMPLETING")
@@ -120,7 +119,7 @@ class SlurmExecutor:
     def __init__(self, workload: Workload, problem: Problem, settings: LaunchSpec, files: JobFiles,
                  device: str | None = None, threads: int | None = None, verbose: bool = False,
                  log: Callable[[str], None] = log_line,
-                 poll_s: float = 0.5, state_poll_s: float = 10.0, settle_s: float = 60.0, phase: str | None = None,
+                 poll_s: float = 0.5, state_poll_s: float = 10.0, settle_s: float = 60.0,
                  task: type[EvaluateChunk] = EvaluateChunk):
         self.workload = workload
         self.problem = problem
@@ -134,7 +133,6 @@ class SlurmExecutor:
         self.poll_s = poll_s
         self.state_poll_s = state_poll_s
         self.settle_s = settle_s
-        self.phase = phase
         self.task = task
         self.max_array_size = max_array_size()
         self.python = container_python(settings.container, settings.bind) if settings.container else None
@@ -146,7 +144,7 @@ class SlurmExecutor:
         self._adopted = False
 
     # -- the Executor protocol -------------------------------------------------------------------------------
-    def run(self, requests: list[EvalRequest], generation: int) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
+    def run(self, requests: list[EvalRequest], stage: Stage) -> Iterator[tuple[EvalRequest, IndividualResult, int]]:
         """Yield (request, result, attempt) for every request, in the order results are published.
 
         A task that ends with individuals unreported has them resubmitted at once (attempt + 1) while the
@@ -157,10 +155,10 @@ class SlurmExecutor:
         if not requests:
             return
         start = time.monotonic()
-        shards = self._shard_folder(generation)
+        shards = self._shard_folder(stage)
         pending = {result_key(request): request for request in requests}
         yield from self._collect(shards, pending)  # published after the previous launcher of this run died
-        live = self._submit(list(pending), pending, shards, generation, attempt=1) if pending else []
+        live = self._submit(list(pending), pending, shards, stage, attempt=1) if pending else []
         tally = _Tally(list(live))
         submitted = last_check = time.monotonic()
         while live:
@@ -176,11 +174,11 @@ class SlurmExecutor:
             if ended:
                 yield from self._settle(ended, shards, pending)
                 live = [task for task in live if task not in ended]
-                resubmitted = yield from self._retry_or_fail(ended, pending, shards, generation)
+                resubmitted = yield from self._retry_or_fail(ended, pending, shards, stage)
                 live += resubmitted
                 tally.tasks += resubmitted
                 self._retire()
-        self.log(tally.line(self._stage(generation), len(requests), time.monotonic() - start))
+        self.log(tally.line(stage.name, len(requests), time.monotonic() - start))
 
     def close(self) -> None:
         """Cancel this run's queued and running tasks (unless keep_jobs); a second Ctrl-C/SIGTERM cannot stop it."""
@@ -201,7 +199,7 @@ class SlurmExecutor:
         self._active = []
 
     # -- submission --------------------------------------------------------------------------------------------
-    def _submit(self, keys: list[str], pending: dict[str, EvalRequest], shards: Path, generation: int,
+    def _submit(self, keys: list[str], pending: dict[str, EvalRequest], shards: Path, stage: Stage,
                 attempt: int) -> list[_Task]:
         """Submit the requests as chunks of individuals_per_task, at most MaxArraySize tasks per array job."""
         per = self.settings.individuals_per_task
@@ -209,7 +207,7 @@ class SlurmExecutor:
         tasks = []
         for start in range(0, len(chunks), self.max_array_size):
             group = chunks[start: start + self.max_array_size]
-            folder = self.files.submission(self._stage(generation), attempt)
+            folder = self.files.submission(stage.name, attempt)
             executor = submitit.SlurmExecutor(folder, max_num_timeout=self.settings.max_retries, python=self.python)
             executor.update_parameters(**self.parameters)
             work = [self.task(self.workload, [(key, pending[key]) for key in chunk], shards, attempt, self.device,
@@ -218,7 +216,7 @@ class SlurmExecutor:
                 with clean_env():
                     jobs = executor.submit_array(work)
             except FailedJobError as exc:
-                raise UserError(f"sbatch refused the array job of {self._stage(generation)}: {str(exc).strip()}\n"
+                raise UserError(f"sbatch refused the array job of {stage.name}: {str(exc).strip()}\n"
                                 "Every result so far is stored; fix the setting and run again (launch: with "
                                 "--resume; evaluate skips individuals already re-evaluated).") from None
             array = _Array(jobs[0].job_id.partition("_")[0], folder,
@@ -226,7 +224,7 @@ class SlurmExecutor:
             self._active.append(array)
             tasks += array.tasks
             if self.verbose:
-                self.log(f"{self._stage(generation)} attempt {attempt}: SLURM job {array.job_id}, {len(group)} "
+                self.log(f"{stage.name} attempt {attempt}: SLURM job {array.job_id}, {len(group)} "
                          f"tasks of up to {per} individuals -> {folder}")
         return tasks
 
@@ -244,7 +242,7 @@ class SlurmExecutor:
             yield from self._collect(shards, pending)
 
     def _retry_or_fail(self, ended: list[_Task], pending: dict[str, EvalRequest], shards: Path,
-                       generation: int) -> Generator[tuple, None, list[_Task]]:
+                       stage: Stage) -> Generator[tuple, None, list[_Task]]:
         """Resubmit what ended tasks left unreported (returns the new tasks), or yield it as failed results."""
         retry: dict[int, list[str]] = {}
         for task in ended:
@@ -254,15 +252,15 @@ class SlurmExecutor:
                 continue
             text = task.outcome()[1]
             if task.end == "retried":
-                self.log(f"{self._stage(generation)}: {text}; resubmitting {len(missing)} individuals "
+                self.log(f"{stage.name}: {text}; resubmitting {len(missing)} individuals "
                          f"(attempt {task.attempt + 1} of {self.settings.max_retries + 1})")
                 retry.setdefault(task.attempt + 1, []).extend(missing)
                 continue
-            self.log(f"{self._stage(generation)}: {text}; {len(missing)} individuals recorded as failed")
+            self.log(f"{stage.name}: {text}; {len(missing)} individuals recorded as failed")
             for key in missing:
                 yield pending[key], self._failed(pending.pop(key), text, task), task.attempt
         return [task for attempt, keys in retry.items()
-                for task in self._submit(keys, pending, shards, generation, attempt)]
+                for task in self._submit(keys, pending, shards, stage, attempt)]
 
     def _retire(self) -> None:
         """Forget arrays whose tasks all ended and delete their pickles."""
@@ -292,24 +290,19 @@ class SlurmExecutor:
         for folder in self.files.root.glob("*/"):
             _remove_pickles(folder)
 
-    def _stage(self, generation: int) -> str:
-        """What log lines and submission folders call the requests of one run() call: the phase (one word) given,
-        else the generation."""
-        return self.phase or stage_name(generation)
-
     def _state_interval(self, start: float) -> float:
         """Seconds between SLURM state queries: 2 s at first, growing to state_poll_s (light on slurmdbd)."""
         return min(self.state_poll_s, 2.0 + (time.monotonic() - start) / 10)
 
     # -- files ------------------------------------------------------------------------------------------------
-    def _shard_folder(self, generation: int) -> Path:
-        """This generation's result folder; folders of earlier generations (all merged) are removed.
+    def _shard_folder(self, stage: Stage) -> Path:
+        """This stage's result folder; folders of earlier stages (all merged) are removed.
 
         Later ones are kept: a resumed run evaluates the baseline (if asked) before the generation its killed
         launcher was in, whose tasks may have published results there.
         """
-        folder = self.files.shards(stage_name(generation))
-        earlier = {stage_name(g) for g in range(BASELINE_STAGE, generation)}
+        folder = self.files.shards(stage.name)
+        earlier = {done.name for done in stage.earlier()}
         if self.files.shards_root.is_dir():
             for old in self.files.shards_root.iterdir():
                 if old.name in earlier:
@@ -319,17 +312,11 @@ class SlurmExecutor:
 
     def _failed(self, request: EvalRequest, error: str, task: _Task) -> IndividualResult:
         """The record of an individual that still had no result after the last attempt: worst fitness."""
-        lower, _ = self.problem.bounds
-        zeros = np.zeros(len(self.problem.layers), dtype=np.int64)
         job_id, task_id = task.ids
-        genome = np.full(len(lower), np.nan) if request.genome is None else np.asarray(request.genome, dtype=float)
         node = task.job.watcher.get_info(task.job.job_id, mode="cache").get("NodeList", "")
-        return IndividualResult(
-            genome=genome, params=np.full(len(lower), np.nan), accuracy=0.0, correct=0, samples=0,
-            cost=self.problem.worst_cost(), blocks_total=zeros, blocks_already=zeros, blocks_created=zeros,
-            eval_seconds=0.0, host=node, device="", status=Status.FAILED, error=error, slurm_job_id=job_id,
-            slurm_array_task_id=task_id, node=node,
-        )
+        return IndividualResult.failed(request.genome, len(self.problem.bounds[0]), len(self.problem.layers),
+                                       self.problem.worst_cost(), error, host=node, slurm_job_id=job_id,
+                                       slurm_array_task_id=task_id, node=node)
 
 
 def _remove_pickles(folder: Path) -> None:

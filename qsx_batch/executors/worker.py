@@ -1,7 +1,7 @@
 """The array-task side of the SLURM executor: evaluate one chunk of individuals, publish each result at once.
 
-A task imports only what evaluating needs (this module, :mod:`.jobs`, :mod:`qsx_batch.prepare` and below): not
-the results store, the search, pymoo, or any command.
+A task imports only what evaluating needs (this module, :mod:`.job_files`, :mod:`qsx_batch.evaluation` and
+below): not the results store, the search, pymoo, or any command.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from ..evaluator import Evaluator
-from ..prepare import prepare_evaluator, workload_device
+from ..evaluation.assembly import prepare_evaluator, workload_device
+from ..evaluation.evaluator import Evaluator
 from ..threads import use_threads
 from ..workload import Workload
 from .base import EvalRequest
-from .jobs import published_keys, write_result
+from .job_files import published_keys, write_result
 
 FAULT_ENV = "QSX_BATCH_TEST_FAULT"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,11 +46,6 @@ def _constructor(name: str) -> Callable[..., nn.Module]:
         f"Unknown model.type '{name}'. Valid names: {', '.join(model_names())}, "
         "or your own network as 'module.path:callable'."
     )
-
-
-def check_model_type(name: str) -> None:
-    """Raise a UserError when ``model.type`` names no model."""
-    _constructor(name)
 
 
 def build_model(name: str, extra_args: dict[str, Any] | None = None) -> nn.Module:

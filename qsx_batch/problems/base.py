@@ -17,19 +17,30 @@ class Problem(ABC):
 
     Every problem is built the same way, ``cls(model, layers, spec)``: the model (on its device), its profiled
     target layers, and the workload spec it reads its settings from. Objectives are accuracy (maximized) and
-    ``cost``; ``maximize_cost`` says which way the cost goes. ``needs_calibration``: the model holds
-    TensorQuantizers whose amax must be calibrated (or loaded) before the first evaluation.
+    ``cost``; ``maximize_cost`` says which way the cost goes.
+
+    What callers outside the problem use, besides the genome space and the cost: ``model``, ``layers``,
+    ``quantizers`` (calibration, deployment), :attr:`needs_calibration` (the calibration hook),
+    :meth:`settings` (deployment) and :meth:`configure_trainable` (retraining).
     """
 
     name: str = ""
     cost_name: str = "cost"
     cost_unit: str = ""
     maximize_cost: bool = False
-    needs_calibration: bool = False
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         self.model = model
         self.layers = layers
+        # (name, TensorQuantizer) of every quantizer a genome sets, in forward order; none unless the problem
+        # quantizes
+        self.quantizers: list[tuple[str, nn.Module]] = []
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the quantizers need their amax calibrated (or loaded from the calibration file) before the
+        first evaluation; model assembly calls the calibration when this is true."""
+        return bool(self.quantizers)
 
     @property
     def layer_names(self) -> list[str]:

@@ -5,7 +5,7 @@ Each takes the input and weight bit widths per layer and the layer profiles, and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

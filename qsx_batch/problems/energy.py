@@ -6,12 +6,13 @@ Per target layer, three transfer counts say how many elements move between DRAM 
 picojoules (settings under ``exploration.extra_args.energy``; defaults: 32-bit accesses at 640 pJ, the 45 nm
 DRAM read of Horowitz, ISSCC 2014; outputs written back with 8 bits).
 
-The counts come from a CSV table (``energy.table``: rows matched to layers by NAME) made with an accelerator
-model such as Timeloop, from the reference tool's Timeloop table (``energy_evaluation.dram_analysis_file``,
-converted into the equivalent counts, see :func:`read_timeloop_table`), or from the built-in analytic model with an on-chip buffer of ``buffer_bytes``: when a
-layer's weights, input and output fit into the buffer together, every element moves once; otherwise the weights
-are split into ``passes = ceil(weight_bits_total / (buffer_bits / 2))`` chunks, the input is streamed in once per
-chunk (``input_reads = inputs * passes``), and weights and outputs still move once.
+The counts come from a CSV table (``energy.table``: rows matched to layers by NAME) made with an accelerator model
+such as Timeloop, from the reference tool's Timeloop table (``energy_evaluation.dram_analysis_file``, converted
+into the equivalent counts, see :func:`read_timeloop_table`), or from the built-in analytic model with an on-chip
+buffer of ``buffer_bytes``: when a layer's weights, input and output fit into the buffer together, every element
+moves once; otherwise the weights are split into ``passes = ceil(weight_bits_total / (buffer_bits / 2))`` chunks,
+the input is streamed in once per chunk (``input_reads = inputs * passes``), and weights and outputs still move
+once.
 """
 
 from __future__ import annotations
@@ -155,17 +156,19 @@ class EnergyModel:
     """DRAM energy per layer of one network, from a transfer table (``energy.table`` or the reference tool's
     ``dram_analysis_file``) or the analytic model."""
 
-    def __init__(self, tensors: list[LayerTensors], spec: EnergySpec, timeloop_table: str | None = None):
+    def __init__(self, tensors: list[LayerTensors], spec: EnergySpec, timeloop_table: Path | None = None,
+                 transfer_table: Path | None = None):
+        """``transfer_table`` (``energy.table``) and ``timeloop_table`` are resolved paths; give at most one."""
         self.tensors = tensors
         self.spec = spec
-        if spec.table and timeloop_table:
+        if transfer_table and timeloop_table:
             raise UserError("Set either exploration.extra_args.energy.table or exploration.energy_evaluation."
                             "dram_analysis_file, not both: they are two tables of the same DRAM transfers.")
-        self.source_file = spec.table or timeloop_table
-        if spec.table:
-            self.table = read_transfer_table(Path(spec.table), [t.name for t in tensors])
+        self.source_file = transfer_table or timeloop_table
+        if transfer_table:
+            self.table = read_transfer_table(transfer_table, [t.name for t in tensors])
         elif timeloop_table:
-            self.table = read_timeloop_table(Path(timeloop_table), tensors, spec)
+            self.table = read_timeloop_table(timeloop_table, tensors, spec)
         else:
             self.table = None
 
@@ -203,8 +206,10 @@ class EnergyModel:
 
 def energy_model(spec: WorkloadSpec, tensors: list[LayerTensors]) -> EnergyModel:
     """The energy model a workload asks for (its ``energy`` settings and, if any, its ``energy_evaluation``)."""
-    timeloop = spec.exploration.energy_evaluation.dram_analysis_file if spec.exploration.energy_evaluation else None
-    return EnergyModel(tensors, spec.exploration.extra_args.energy, timeloop)
+    evaluation, energy = spec.exploration.energy_evaluation, spec.exploration.extra_args.energy
+    timeloop = evaluation.dram_analysis_file if evaluation else None
+    return EnergyModel(tensors, energy, spec.input_path(timeloop) if timeloop else None,
+                       spec.input_path(energy.table) if energy.table else None)
 
 
 class EnergyAwareQuantProblem(QuantizationProblem):

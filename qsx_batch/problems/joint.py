@@ -14,7 +14,6 @@ from torch import nn
 from ..errors import UserError
 from ..models.layers import LayerInfo
 from ..workload import WorkloadSpec
-from .base import Problem
 from .quantization import QuantizationProblem
 from .sparsity import SparsityProblem
 

@@ -24,7 +24,6 @@ class QuantizationProblem(Problem):
     """
 
     name = "quantization_problem"
-    needs_calibration = True
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         super().__init__(model, layers, spec)

@@ -2,11 +2,12 @@
 
 Tiling: the input of a Conv2d (N, C, H, W) is cut per sample and channel into spatial tiles of ``bh`` rows and
 ``bw`` columns of the feature map (``block_size: B`` is B x B, ``block_size: [w, h]`` is h rows of w columns; edge
-tiles are partial); the input of a Linear layer (N, F) into runs of ``bh * bw`` consecutive features. A tile's magnitude is its largest absolute value: a tile whose magnitude
-is below the layer's threshold is set to zero. Per layer we count tiles already zero before thresholding and
-tiles the threshold newly zeroed ("created"). All of it is batched tensor code with counters kept on the device:
-the input is viewed tile by tile (zero-padded to whole tiles) and reduced with ``amax``, and the per-tile mask is
-broadcast back over the rows of each tile without materializing a full-size mask.
+tiles are partial); the input of a Linear layer (N, F) into runs of ``bh * bw`` consecutive features. A tile's
+magnitude is its largest absolute value: a tile whose magnitude is below the layer's threshold is set to zero. Per
+layer we count tiles already zero before thresholding and tiles the threshold newly zeroed ("created"). All of it
+is batched tensor code with counters kept on the device: the input is viewed tile by tile (zero-padded to whole
+tiles) and reduced with ``amax``, and the per-tile mask is broadcast back over the rows of each tile without
+materializing a full-size mask.
 """
 
 from __future__ import annotations

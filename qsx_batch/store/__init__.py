@@ -3,10 +3,20 @@ recovery after a killed writer) and :mod:`.reader` (reading, also while a run wr
 top of it is :mod:`qsx_batch.results`."""
 
 from .format import FORMAT, FORMAT_VERSION, RunHeader
-from .reader import (Table, minimum_accuracy, open_for_reading, open_results, read_header, read_table, stored_workload,
-                     table_names)
+from .reader import (
+                     Table,
+                     minimum_accuracy,
+                     ok_results,
+                     open_for_reading,
+                     open_results,
+                     read_header,
+                     read_table,
+                     stored_result,
+                     stored_workload,
+                     table_names,
+)
 from .writer import ResultsWriter, create_results, open_for_append
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ResultsWriter", "RunHeader", "Table", "create_results", "minimum_accuracy",
-           "open_for_append", "open_for_reading", "open_results", "read_header", "read_table", "stored_workload",
-           "table_names"]
+           "ok_results", "open_for_append", "open_for_reading", "open_results", "read_header", "read_table",
+           "stored_result", "stored_workload", "table_names"]

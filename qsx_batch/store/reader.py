@@ -15,8 +15,9 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
+from ..evaluation.record import IndividualResult, Status, genome_key
 from ..workload import Workload, parse_workload
-from .format import COST_UNIT, FORMAT, FORMAT_VERSION, OBJECTIVES, TABLE_COLUMNS, RunHeader
+from .format import COST_UNIT, FORMAT, FORMAT_VERSION, OBJECTIVES, REEVALUATION_RESULT_FIELDS, TABLE_COLUMNS, RunHeader
 
 if TYPE_CHECKING:
     import pandas
@@ -122,7 +123,7 @@ class Table(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self.columns)
 
-    def to_pandas(self) -> "pandas.DataFrame":
+    def to_pandas(self) -> pandas.DataFrame:
         """The table as a DataFrame indexed by row; a column with a second axis becomes one column per label,
         ``params[conv1.weight]``, ``blocks_created[fc1]``. Needs pandas (``pip install 'qsx-batch[pandas]'``)."""
         try:
@@ -197,3 +198,20 @@ def stored_workload(header: RunHeader, path: Path) -> Workload:
     if not header.workload_yaml:
         raise UserError(f"{path} holds no workload text; is it a qsx-batch results file?")
     return parse_workload(header.workload_yaml, Path(header.workload_path or path))
+
+
+def stored_result(table: Mapping[str, np.ndarray], row: int) -> IndividualResult:
+    """The result stored in one row of a results table (individuals, baseline or sensitivity)."""
+    return IndividualResult(**{key: table[key][row] for key in REEVALUATION_RESULT_FIELDS if key in table})
+
+
+def ok_results(table: Mapping[str, np.ndarray]) -> dict[tuple, IndividualResult]:
+    """The rows of a results table evaluated ok on the exploration data, by genome key (the first row of a genome
+    wins; rows without a genome, the fp32 baseline, are left out)."""
+    out: dict[tuple, IndividualResult] = {}
+    for row in range(len(table["status"])):
+        if table["status"][row] != Status.OK or ("dataset" in table and table["dataset"][row] != "exploration"):
+            continue
+        if not np.isnan(table["genome"][row]).any():
+            out.setdefault(genome_key(table["genome"][row]), stored_result(table, row))
+    return out

@@ -22,13 +22,39 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
-from ..result import IndividualResult
+from ..evaluation.record import IndividualResult
 from ..workload import Workload
-from .format import (AXES, CORE_TABLES, COST_UNIT, COUNT, FOLLOW_UP_COLUMNS, FORMAT, FORMAT_VERSION, GENE_COLUMNS,
-                     GROW_ROWS, LAYER_COLUMNS, LIBVER, MINIMUM_ACCURACY, OBJECTIVES, REEVALUATION_RESULT_FIELDS,
-                     SENSITIVITY, TABLE_COLUMNS, Column, RunHeader)
-from .reader import (Table, check_format, is_scale, minimum_accuracy, read_header, read_table, stored_workload,
-                     table_columns, table_count)
+from .format import (
+    AXES,
+    CORE_TABLES,
+    COST_UNIT,
+    COUNT,
+    FOLLOW_UP_COLUMNS,
+    FORMAT,
+    FORMAT_VERSION,
+    GENE_COLUMNS,
+    GROW_ROWS,
+    LAYER_COLUMNS,
+    LIBVER,
+    MINIMUM_ACCURACY,
+    OBJECTIVES,
+    REEVALUATION_RESULT_FIELDS,
+    SENSITIVITY,
+    TABLE_COLUMNS,
+    Column,
+    RunHeader,
+)
+from .reader import (
+    Table,
+    check_format,
+    is_scale,
+    minimum_accuracy,
+    read_header,
+    read_table,
+    stored_workload,
+    table_columns,
+    table_count,
+)
 
 NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."  # netCDF-4's name of a plain dimension
 SCALE_ATTRIBUTES = {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "DIMENSION_LABELS"}  # H5DS bookkeeping
@@ -253,7 +279,7 @@ class ResultsWriter:
             _unlock(self.path, self._lock_fd)
             self._lock_fd = -1
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,10 +10,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .analysis import ranking, usable
-from .errors import UserError
-from .result import Status
-from .results import Run
+from ..errors import UserError
+from ..evaluation.record import Status
+from . import Run
+from .pareto import ranking, usable
 
 
 class Choice(Protocol):

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import UserError
-from .prepare import prepare_evaluator
-from .workload import Workload
+from ..errors import UserError
+from ..evaluation.assembly import prepare_evaluator
+from ..workload import Workload
 
 
 @dataclass

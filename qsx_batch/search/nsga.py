@@ -9,34 +9,34 @@ finds them in the cache.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.core.problem import Problem as PymooProblem
+from pymoo.core.sampling import Sampling
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
-from pymoo.core.sampling import Sampling
 from pymoo.operators.sampling.rnd import FloatRandomSampling, IntegerRandomSampling
 from pymoo.problems.static import StaticProblem
 from tqdm import tqdm
 
-from .analysis import hypervolume, pareto_mask, usable
-from .errors import UserError
-from .executors.base import BASELINE_STAGE, EvalRequest, Executor
+from ..errors import UserError
+from ..evaluation.metrics import check_racing
+from ..evaluation.racing import RaceContext
+from ..evaluation.record import IndividualResult, Status, genome_key
+from ..executors.base import BASELINE_STAGE, EvalRequest, Executor, Stage
+from ..problems import Problem
+from ..results.pareto import hypervolume, pareto_mask, usable
+from ..store import ResultsWriter, RunHeader, ok_results
+from ..store.format import SENSITIVITY
+from ..versions import package_versions
+from ..workload import NsgaSpec, Workload
 from .initial_population import given_genomes
-from .metrics import check_racing
-from .problems import Problem
-from .racing import RaceContext
-from .result import IndividualResult, Status, genome_key
-from .sensitivity import measure_sensitivity, ok_results
-from .store import ResultsWriter, RunHeader
-from .store.format import SENSITIVITY
-from .versions import package_versions
-from .workload import NsgaSpec, Workload
+from .sensitivity import measure_sensitivity
 
 
 class StartingIndividuals(Sampling):
@@ -156,7 +156,7 @@ class Search:
             requests = [EvalRequest(None, "exploration", "fp32")] if needed else []
         requests = [r for r in requests if (r.label, r.dataset) not in self.baseline_stored]
         if requests:
-            for request, result, _ in self.executor.run(requests, generation=BASELINE_STAGE):
+            for request, result, _ in self.executor.run(requests, BASELINE_STAGE):
                 self.writer.append_baseline(request.label, request.dataset, result)
                 self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
                                  f"  {self.problem.cost_name} {result.cost:.6g}"
@@ -238,7 +238,7 @@ class Search:
                 pending[key] = EvalRequest(np.asarray(genome, dtype=float), race=race)
         bar = tqdm(total=len(pending), desc=f"gen {generation}", unit="ind", leave=False,
                    disable=not self.options.progress or not pending)
-        for request, result, attempt in self.executor.run(list(pending.values()), generation):
+        for _request, result, attempt in self.executor.run(list(pending.values()), Stage.generation(generation)):
             self._store(result, generation, attempt)
             bar.update(1)
         bar.close()
@@ -269,7 +269,7 @@ class Search:
         """Generation 0 besides the random individuals: derived from the sensitivity sweep (measured first where
         the file lacks points of it) for ``initial_population: sensitivity``, then the workload's own."""
         spec = self.workload.spec.exploration
-        given = given_genomes(spec, self.problem)
+        given = given_genomes(self.workload.spec, self.problem)
         if spec.initial_population != "sensitivity":
             return given
         sweep = measure_sensitivity(self.problem, self.executor, self.writer, spec.sensitivity,

@@ -1,7 +1,7 @@
 """Score genomes, one by one, on a prepared problem and fixed sample sets.
 
 The single scoring path behind every command: ``explore`` (in-process), the SLURM array tasks, ``evaluate`` and
-``blocks``. Build one with :func:`qsx_batch.prepare.prepare_evaluator`.
+``blocks``. Build one with :func:`qsx_batch.evaluation.assembly.prepare_evaluator`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import Source
+from ..data import Source
+from ..problems import Problem
 from .metrics import AccuracyFunction, accuracy_function
-from .problems import Problem
 from .racing import RaceContext, stage_sizes
-from .result import IndividualResult, Status
+from .record import IndividualResult, Status
 
 
 def _slurm_fields() -> dict:
@@ -92,10 +92,10 @@ class Evaluator:
             if raced:
                 status, error, ci = Status.RACED_OUT, raced[0], raced[1:]
         except Exception as exc:  # one bad individual must not stop a search; the error is recorded
-            params, metrics = np.full(len(lo), np.nan), np.zeros(0)
-            correct, used, accuracy, cost = 0, len(samples), 0.0, self.problem.worst_cost()
-            total = already = created = np.zeros(n_layers, dtype=np.int64)
-            status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
+            return IndividualResult.failed(
+                genome, len(lo), n_layers, self.problem.worst_cost(), f"{type(exc).__name__}: {exc}",
+                samples=len(samples), eval_seconds=time.perf_counter() - start, host=self.host,
+                device=str(self.device), gpu=self.gpu, **self.slurm)
         return IndividualResult(
             genome=vector, params=params, accuracy=accuracy, metrics=metrics, correct=correct, samples=used, cost=cost,
             blocks_total=total, blocks_already=already, blocks_created=created,

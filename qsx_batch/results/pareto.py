@@ -14,7 +14,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from .result import Status
+from ..evaluation.record import Status
 
 REFERENCE_POINT = np.array([1.0, 1.0])
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
+from ..data import MemoryBudget, Source, open_block
+from ..data.budget import memory_budget
+from ..errors import UserError
+from ..models import build_model, load_weights
+from ..models.layers import LayerInfo, profile_layers, target_layers
+from ..problems import Problem, create_problem
+from ..workload import DatasetSpec, Workload
 from .calibration import apply_amax, calibrate, load_calibration, save_calibration
-from .data import MemoryBudget, Source, open_block
-from .data.budget import memory_budget
-from .errors import UserError
 from .evaluator import Evaluator
 from .metrics import accuracy_function
-from .models import build_model, load_weights
-from .models.layers import LayerInfo, profile_layers, target_layers
-from .problems import Problem, create_problem
-from .workload import DatasetSpec, Workload
 
 
 def workload_device(workload: Workload, override: str | None = None) -> torch.device:
@@ -48,7 +48,10 @@ def data_budget(workload: Workload, device: torch.device) -> MemoryBudget:
     return memory_budget(workload.spec.exploration.data_memory_budget, device)
 
 
-def load_block(workload: Workload, spec: DatasetSpec, what: str, device: torch.device = torch.device("cpu"),
+CPU = torch.device("cpu")
+
+
+def load_block(workload: Workload, spec: DatasetSpec, what: str, device: torch.device = CPU,
                budget: MemoryBudget | None = None, cached: bool = True) -> Source:
     """One dataset block of the workload (paths relative to the workload file) on ``device``, held in memory when
     it fits ``budget`` (default: the workload's), else streamed. A scored image-folder block is read from the data

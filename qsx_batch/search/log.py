@@ -1,5 +1,6 @@
 """The log file of a run (``problem.log_file``, from the reference tool): everything ``explore`` or ``launch``
-prints, on the console as before and in the file, each line with a timestamp.
+prints, on the console as before and in the file, each line with one timestamp (lines that carry one already,
+as the SLURM executor's do, keep theirs).
 
 The file lives in the results folder unless the path is absolute, and is appended to unless
 ``problem.clear_log_file``. Progress bars are written with carriage returns; the file keeps only the last state
@@ -16,10 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from .errors import UserError
+from ..errors import UserError
+from ..workload import Workload
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal controls of progress bars
-from .workload import Workload
+STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # time.strftime("%Y-%m-%d %H:%M:%S ")
 
 
 def log_path(workload: Workload) -> Path | None:
@@ -46,7 +48,8 @@ class _Tee:
         for line in lines:
             line = ANSI.sub("", line.rsplit("\r", 1)[-1])
             if line.strip():
-                self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+                stamp = "" if STAMPED.match(line) else time.strftime("%Y-%m-%d %H:%M:%S ")
+                self.log.write(f"{stamp}{line}\n")
         self.log.flush()
         return len(text)
 

@@ -49,6 +49,18 @@ class IndividualResult:
     def ok(self) -> bool:
         return self.status == Status.OK
 
+    @classmethod
+    def failed(cls, genome: np.ndarray | None, genes: int, layers: int, worst_cost: float, error: str,
+               **fields) -> IndividualResult:
+        """An individual without a score: the worst fitness (so the search drops it) and why; ``fields`` say where
+        and how long it ran."""
+        zeros = np.zeros(layers, dtype=np.int64)
+        vector = np.full(genes, np.nan) if genome is None else np.asarray(genome, dtype=float)
+        record = {"samples": 0, "eval_seconds": 0.0, "host": "", "device": "", **fields}
+        return cls(genome=vector, params=np.full(genes, np.nan), accuracy=0.0, correct=0, cost=worst_cost,
+                   blocks_total=zeros, blocks_already=zeros, blocks_created=zeros, status=Status.FAILED, error=error,
+                   **record)
+
 
 def genome_key(genome: np.ndarray) -> tuple:
     """A hashable key that identifies a genome exactly (used by the evaluation cache)."""

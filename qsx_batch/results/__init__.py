@@ -14,18 +14,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .analysis import cumulative_hypervolume, pareto_mask, usable
-from .errors import UserError
-from .result import Status
-from .store import (RunHeader, Table, minimum_accuracy, open_results, read_header, read_table, stored_workload,
-                    table_names)
+from ..errors import UserError
+from ..evaluation.record import Status
+from ..store import (
+    RunHeader,
+    Table,
+    minimum_accuracy,
+    open_results,
+    read_header,
+    read_table,
+    stored_workload,
+    table_names,
+)
+from ..store.format import REEVALUATIONS, SENSITIVITY
+from .pareto import cumulative_hypervolume, pareto_mask, usable
 from .sensitivity import Sensitivity
-from .store.format import REEVALUATIONS, SENSITIVITY
 
 if TYPE_CHECKING:
     import pandas
 
-    from .workload import Workload
+    from ..workload import Workload
 
 __all__ = ["Run", "RunHeader", "Table", "open"]
 
@@ -63,7 +71,7 @@ class Run:
         return not self.header.maximize_cost
 
     @property
-    def workload(self) -> "Workload":
+    def workload(self) -> Workload:
         """The workload the run was made with (the text stored in the file; relative inputs resolve against the
         workload file's original folder)."""
         return stored_workload(self.header, self.path)
@@ -82,7 +90,7 @@ class Run:
             raise UserError(f"{self.path} has no table '{name}'; it has {', '.join(tables)}.")
         return tables[name]
 
-    def to_pandas(self, table: str = "individuals") -> "pandas.DataFrame":
+    def to_pandas(self, table: str = "individuals") -> pandas.DataFrame:
         """A table as a pandas DataFrame (see :meth:`Table.to_pandas`; needs pandas)."""
         return self.table(table).to_pandas()
 
@@ -153,7 +161,7 @@ class Run:
         return out, dataset
 
 
-def open(path: str | Path) -> Run:  # noqa: A001  (results.open, like io.open)
+def open(path: str | Path) -> Run:
     """Read a results file (format 1 or 2; also one a run is still writing, or left by a killed run)."""
     with open_results(Path(path)) as f:
         tables = {name: read_table(f, name) for name in table_names(f)}

@@ -14,7 +14,7 @@ import numpy as np
 from .. import results
 from ..errors import UserError
 from ..problems import Problem
-from ..selection import has_choice, selected_rows
+from ..results.selection import has_choice, selected_rows
 from ..workload import Workload, load_workload
 
 

@@ -9,14 +9,15 @@ metric that counts correct samples, which only the built-ins promise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .errors import UserError
-from .plugins import import_callable, is_import_reference
-from .workload import WorkloadSpec
+from ..errors import UserError
+from ..plugins import import_callable, is_import_reference
+from ..workload import WorkloadSpec
 
 Pair = tuple[Any, Any]
 
@@ -50,7 +51,8 @@ class AccuracyFunction:
     counts_samples: bool
 
     def pairs(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(metrics, 2) correct and count of one batch, on the outputs' device (no host synchronisation)."""
+        """(metrics, 2) correct and count of one batch, on the outputs' device. A plain number in a pair (the
+        built-ins' count) is copied there, and on a GPU that copy waits for the batch's queued work."""
         value = self.function(outputs, labels)
         pairs = value if isinstance(value, list) else [value]
         try:

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .calibration import apply_amax
-from .models import build_model
-from .models.layers import LayerInfo
-from .models.quantized import quant_nn, split_quantizer_state
-from .problems import Problem, create_problem
-from .results import Run
-from .versions import package_versions
-from .workload import Workload, parse_workload
+from ..evaluation.assembly import build_problem, probe_batch
+from ..evaluation.calibration import apply_amax
+from ..models import build_model
+from ..models.layers import LayerInfo
+from ..models.quantized import quant_nn, split_quantizer_state
+from ..problems import Problem, create_problem
+from ..results import Run
+from ..versions import package_versions
+from ..workload import Workload, parse_workload
+from .followup import FollowUp
 
 FORMAT = "qsx-batch-export/1"
-ONNX_OPSET = 13
 
 
 def recipe(run: Run, row: int, workload: Workload, problem: Problem, input_shape: tuple[int, ...]) -> dict:
@@ -171,6 +173,16 @@ def export_individual(run: Run, row: int, workload: Workload, problem: Problem, 
         write_onnx(problem, sample, Path(f"{stem}.onnx"), settings)
         files.append(Path(f"{stem}.onnx"))
     return files, refusal
+
+
+def export_chosen(job: FollowUp, out: Path) -> Iterator[tuple[int, list[Path], str]]:
+    """Export every chosen individual into ``out``, each from a freshly built problem (each export configures its
+    own model); yields the row, its files and why ONNX was left out."""
+    sample, _ = probe_batch(job.workload, torch.device("cpu"))
+    for row in job.rows:
+        problem = build_problem(job.workload, torch.device("cpu"))
+        job.check_problem(problem)
+        yield (int(row), *export_individual(job.run, int(row), job.workload, problem, sample, out))
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .analysis import REFERENCE_POINT, usable
-from .result import Status
+from ..evaluation.record import Status
+from .pareto import REFERENCE_POINT, usable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .results import Run
+    from . import Run
 
 ACCURACY_LABEL = "accuracy on the exploration data [fraction of samples]"
 
 
-def _figure(run: "Run", title: str, rows: int = 1) -> tuple["Figure", np.ndarray]:
+def _figure(run: Run, title: str, rows: int = 1) -> tuple[Figure, np.ndarray]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.2 * rows + 1.3), layout="constrained")
@@ -41,14 +41,14 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig: "Figure", out: Path, name: str, formats: list[str]) -> list[Path]:
+def _save(fig: Figure, out: Path, name: str, formats: list[str]) -> list[Path]:
     paths = [out / f"{name}.{fmt}" for fmt in formats]
     for path in paths:
         fig.savefig(path, dpi=150)
     return paths
 
 
-def pareto_figure(run: "Run") -> "Figure":
+def pareto_figure(run: Run) -> Figure:
     """Accuracy vs cost of every individual evaluated ok, coloured by generation, with the Pareto front."""
     ind = run.individuals
     fig, (ax,) = _figure(run, f"accuracy vs {run.header.cost_name} ({run.count} individuals)")
@@ -74,7 +74,7 @@ def pareto_figure(run: "Run") -> "Figure":
     return fig
 
 
-def _draw_baseline(run: "Run", ax: "Axes") -> None:
+def _draw_baseline(run: Run, ax: Axes) -> None:
     base = run.baseline
     if not np.isnan(run.minimum_accuracy):
         ax.axhline(run.minimum_accuracy, color="gray", linestyle="--", linewidth=1, label="accuracy constraint")
@@ -87,7 +87,7 @@ def _draw_baseline(run: "Run", ax: "Axes") -> None:
             ax.scatter([cost], [accuracy], marker="*", s=120, color="black", zorder=3, label=f"baseline {label}")
 
 
-def _front_lines(run: "Run", max_lines: int) -> np.ndarray:
+def _front_lines(run: Run, max_lines: int) -> np.ndarray:
     """Up to ``max_lines`` front individuals spread evenly along the front."""
     front = run.pareto()
     if len(front) <= max_lines:
@@ -95,7 +95,7 @@ def _front_lines(run: "Run", max_lines: int) -> np.ndarray:
     return front[np.unique(np.linspace(0, len(front) - 1, max_lines).round().astype(int))]
 
 
-def _per_layer(run: "Run", axes: np.ndarray, rows: np.ndarray, series: list[tuple[str, np.ndarray]]) -> None:
+def _per_layer(run: Run, axes: np.ndarray, rows: np.ndarray, series: list[tuple[str, np.ndarray]]) -> None:
     """One line per individual on each axis; ``series`` gives (y label, values[row, layer]) per axis."""
     from matplotlib import colormaps
 
@@ -112,7 +112,7 @@ def _per_layer(run: "Run", axes: np.ndarray, rows: np.ndarray, series: list[tupl
     axes[-1].set_xlabel("layer (model order)")
 
 
-def front_bits_figure(run: "Run", max_lines: int) -> "Figure":
+def front_bits_figure(run: Run, max_lines: int) -> Figure:
     """Input and weight bit widths per layer of the front's individuals."""
     rows = _front_lines(run, max_lines)
     fig, axes = _figure(run, f"bit widths of the Pareto front ({len(rows)} of {len(run.pareto())} shown)", rows=2)
@@ -124,7 +124,7 @@ def front_bits_figure(run: "Run", max_lines: int) -> "Figure":
     return fig
 
 
-def front_sparsity_figure(run: "Run", max_lines: int) -> "Figure":
+def front_sparsity_figure(run: Run, max_lines: int) -> Figure:
     """Thresholds and created zero blocks per sample, per layer, of the front's individuals."""
     ind = run.individuals
     rows = _front_lines(run, max_lines)
@@ -135,7 +135,7 @@ def front_sparsity_figure(run: "Run", max_lines: int) -> "Figure":
     return fig
 
 
-def hypervolume_figure(run: "Run") -> "Figure":
+def hypervolume_figure(run: Run) -> Figure:
     """Hypervolume of each generation's population and of everything evaluated so far."""
     fig, (ax,) = _figure(run, "hypervolume over generations")
     generations = np.arange(run.generations.rows)
@@ -148,7 +148,7 @@ def hypervolume_figure(run: "Run") -> "Figure":
     return fig
 
 
-def sensitivity_figure(run: "Run") -> "Figure":
+def sensitivity_figure(run: Run) -> Figure:
     """Heat map of the sensitivity sweep: accuracy per gene and parameter, one panel per set of swept values."""
     from matplotlib.figure import Figure
 
@@ -174,7 +174,7 @@ def sensitivity_figure(run: "Run") -> "Figure":
     return fig
 
 
-def plot_run(run: "Run", out: Path, formats: list[str], max_lines: int = 10) -> list[Path]:
+def plot_run(run: Run, out: Path, formats: list[str], max_lines: int = 10) -> list[Path]:
     """Write every figure of ``run`` into ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     stem = run.path.stem

@@ -1,5 +1,5 @@
-"""Training: fp32 weights from the workload's ``training`` section (``qsx-batch train``), and quantization-aware
-fine-tuning of chosen individuals (``qsx-batch retrain``)."""
+"""Training: fp32 weights from the workload's ``training`` section (``qsx-batch train``), and the fitting and
+saving that the fine-tuning of chosen individuals (:mod:`.retraining`) shares with it."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Source
-from .data.shards import ShardStream
-from .errors import UserError
-from .models import build_model, save_weights
-from .models.quantized import split_quantizer_state
-from .prepare import data_budget, load_block, workload_device
-from .problems import Problem
-from .workload import TrainingSpec, Workload
+from ..data import Source
+from ..data.shards import ShardStream
+from ..errors import UserError
+from ..evaluation.assembly import data_budget, load_block, workload_device
+from ..evaluation.metrics import AccuracyFunction, accuracy_function
+from ..models import build_model, save_weights
+from ..models.quantized import split_quantizer_state
+from ..problems import Problem
+from ..workload import TrainingSpec, Workload
 
 
 @dataclass
@@ -26,18 +27,19 @@ class EpochReport:
     accuracy: float
 
 
-def accuracy_on(model: nn.Module, samples: Source) -> float:
-    """Top-1 accuracy of ``model`` in eval mode."""
+def accuracy_on(model: nn.Module, samples: Source, metric: AccuracyFunction) -> float:
+    """The workload's accuracy (the first metric of ``model.accuracy_function``) of ``model`` in eval mode."""
     model.eval()
-    correct = 0
+    totals = None
     with torch.inference_mode():
         for inputs, labels in samples.batches():
-            correct += int((model(inputs).argmax(1) == labels).sum())
-    return correct / len(samples)
+            pairs = metric.pairs(model(inputs), labels)
+            totals = pairs if totals is None else totals + pairs
+    return float(totals[0, 0] / max(float(totals[0, 1]), 1.0)) if totals is not None else float("nan")
 
 
 def fit(model: nn.Module, spec: TrainingSpec, train: Source | ShardStream, validation: Source | None, seed: int,
-        on_epoch=None) -> list[EpochReport]:
+        metric: AccuracyFunction, on_epoch=None) -> list[EpochReport]:
     """Adam with cross-entropy over shuffled mini-batches; returns loss and accuracy per epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
@@ -53,7 +55,7 @@ def fit(model: nn.Module, spec: TrainingSpec, train: Source | ShardStream, valid
             optimizer.step()
             total += float(loss.detach()) * len(labels)
             seen += len(labels)
-        acc = accuracy_on(model, validation) if validation is not None else float("nan")
+        acc = accuracy_on(model, validation, metric) if validation is not None else float("nan")
         reports.append(EpochReport(epoch, total / seen, acc))
         if on_epoch:
             on_epoch(reports[-1])
@@ -73,11 +75,12 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
     if spec.datasets.validation is not None:
         val = load_block(workload, spec.datasets.validation, "training.datasets.validation", device, budget)
     train = load_block(workload, spec.datasets.train, "training.datasets.train", device, budget, cached=False)
-    reports = fit(model, spec, train, val, workload.spec.seed, on_epoch)
+    metric = accuracy_function(workload.spec.model.accuracy_function)
+    reports = fit(model, spec, train, val, workload.spec.seed, metric, on_epoch)
     held_out = load_block(workload, workload.spec.exploration.datasets.baseline
                           or workload.spec.exploration.datasets.exploration, "held-out", device)
     save_weights(model.cpu(), output)
-    return reports, accuracy_on(model.to(device), held_out)
+    return reports, accuracy_on(model.to(device), held_out, metric)
 
 
 def save_finetuned(problem: Problem, path: Path, row: int) -> None:

@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
-from .executors.base import Executor
+from ..errors import UserError
+from ..evaluation.assembly import metric_names
+from ..executors.base import Executor
+from ..interrupts import Interrupted
+from ..problems import Problem
+from ..store import ResultsWriter, create_results, open_for_append
+from ..workload import Workload, differing_keys, load_workload
 from .initial_population import given_genomes
-from .interrupts import Interrupted
-from .prepare import metric_names
-from .problems import Problem
-from .search import Search, SearchOptions, run_header
-from .store import ResultsWriter, create_results, open_for_append
-from .workload import Workload, differing_keys, load_workload
+from .nsga import Search, SearchOptions, run_header
 
 
 def open_resumed(path: Path, workload_file: str | None = None,
@@ -29,6 +29,7 @@ def open_resumed(path: Path, workload_file: str | None = None,
     (and in where its relative inputs are: they resolve against the given file's folder).
     ``generations`` (or that different value) extends or continues the run to that many generations."""
     writer = open_for_append(path)
+    asked = f"--generations {generations}"
     with closed_on_failure(writer):
         stored = writer.workload()
         workload = stored
@@ -42,8 +43,15 @@ def open_resumed(path: Path, workload_file: str | None = None,
                     f"workload stored in it in {', '.join(changed)}. Only exploration.nsga.generations may change "
                     "(or use --generations); resume with the stored workload (omit the workload argument) or start "
                     "a new run.")
-            generations = generations or given.spec.exploration.nsga.generations
+            if generations is None:
+                generations = given.spec.exploration.nsga.generations
+                asked = f"exploration.nsga.generations: {generations} in {given.path}"
             workload = given  # its inputs resolve against its own folder (e.g. another machine's weights path)
+        done = len(writer.read("generations")["evaluated"])
+        if generations is not None and generations < done:
+            raise UserError(f"{asked}: {path} already holds {done} generations, and a run "
+                            f"cannot be shortened. Give {done} or more to continue or extend it; 'qsx-batch inspect "
+                            f"{path} --generation G' shows an earlier generation.")
         return (workload if generations is None else workload.with_generations(generations)), writer
 
 
@@ -74,7 +82,7 @@ def default_output(workload: Workload) -> Path:
 def create_run(workload: Workload, problem: Problem, output: Path | None) -> ResultsWriter:
     """A new results file for the workload's run (``output``, or :func:`default_output`); starting individuals
     that do not fit the problem are refused before it exists."""
-    given_genomes(workload.spec.exploration, problem)
+    given_genomes(workload.spec, problem)
     return create_results(output or default_output(workload),
                           run_header(workload, problem, metric_names(workload, problem)))
 

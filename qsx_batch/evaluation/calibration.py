@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import Source
-from .errors import UserError
+from ..data import Source
+from ..errors import UserError
 
 FORMAT = "qsx-batch-calibration/1"
 

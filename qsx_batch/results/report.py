@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import REFERENCE_POINT
-from .result import Status
-from .results import Run
-from .store.format import SENSITIVITY
+from ..evaluation.record import Status
+from ..store.format import SENSITIVITY
+from . import Run
+from .pareto import REFERENCE_POINT
+
 
 def format_params(values: np.ndarray, bits: bool) -> str:
     """Bit widths as integers, thresholds with three significant digits."""

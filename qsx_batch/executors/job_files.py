@@ -7,7 +7,8 @@ Layout (the folder must be on a file system the compute nodes share)::
     <run>.jobs/shards-<token>/<stage>/<key>.pkl the results channel, one file per result
     <run>.jobs/evaluate-<id>/...                the same for one 'qsx-batch evaluate' on SLURM
 
-``<stage>`` is ``baseline`` or ``g0007`` (the generation); ``evaluate`` uses its own phase name.
+``<stage>`` is the :class:`~qsx_batch.executors.base.Stage` name: ``baseline``, ``sensitivity``, ``g0007`` (the
+generation) or ``evaluate``.
 
 The channel: each result is a small pickle written to a temporary name in the same folder and moved into place
 with :func:`os.replace`. A rename is atomic on local and shared file systems (NFS, Lustre, GPFS), so the
@@ -26,22 +27,17 @@ import pickle
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from ..result import IndividualResult
-from .base import BASELINE_STAGE, SENSITIVITY_STAGE, EvalRequest
+from ..evaluation.record import IndividualResult
+from .base import EvalRequest
 
 RUN_STATE = "run.json"
 SUFFIX = ".pkl"
-
-
-def stage_name(generation: int) -> str:
-    """The folder name of one generation's requests (``sensitivity`` and ``baseline`` before the search)."""
-    return {SENSITIVITY_STAGE: "sensitivity", BASELINE_STAGE: "baseline"}.get(generation, f"g{generation:04d}")
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,30 @@
-"""Workload files: YAML with a ``workload:`` root, validated against a strict pydantic schema.
+"""The workload schema: every key of a workload file, its default and what values it allows (strict pydantic).
 
-Inputs (model weights, dataset paths) are resolved relative to the workload file's folder; outputs
-(``results``, ``calibration.file``) relative to the working folder, where runs are started.
+Paths are kept as written; :meth:`WorkloadSpec.input_path` resolves an input against the workload file's folder
+when it is used.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
 import re
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .errors import UserError
-from .plugins import is_import_reference
+from ..plugins import is_import_reference
 
-DEFAULT_WORKLOAD = "lenet5_mnist_quantization.yaml"
 DATASET_SHORT_NAMES = {"exploration": "exploration.datasets.exploration", "baseline": "exploration.datasets.baseline",
                        "reevaluate": "reevaluation.datasets.reevaluate"}
 TRAINING_BLOCKS = ("training.datasets.train", "retraining.datasets.train")  # read in shuffled epochs, never scored
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """A hint for a mistyped key: the closest of ``choices``, if any is close."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 class _Strict(BaseModel):
@@ -52,12 +51,12 @@ class DatasetSpec(_Strict):
     image_size: int = Field(224, gt=0, description="crop size of ImageFolder datasets")
 
     @model_validator(mode="after")
-    def _keys_of_the_type(self) -> "DatasetSpec":
+    def _keys_of_the_type(self) -> DatasetSpec:
         if is_import_reference(self.type):
             return self  # a user callable gets every key it is given (qsx_batch.data)
         extra = sorted(self.model_extra or {})
         if extra:
-            hints = "".join(_did_you_mean(key, list(DatasetSpec.model_fields)) for key in extra)
+            hints = "".join(did_you_mean(key, list(DatasetSpec.model_fields)) for key in extra)
             raise ValueError(f"unknown key{'s' * (len(extra) > 1)} {', '.join(map(repr, extra))} for dataset type "
                              f"'{self.type}'.{hints} Only user dataset callables (type: module.path:callable) take "
                              "extra keys, as keyword arguments; the keys of a dataset block are "
@@ -128,12 +127,6 @@ class EnergySpec(_Strict):
     access_bits: int = Field(32, ge=1, description="bits moved by one DRAM access")
     output_bits: int = Field(8, ge=1, le=32, description="bit width layer outputs are written back with")
 
-    @field_validator("table")
-    @classmethod
-    def _relative_to_workload(cls, value: str | None, info: ValidationInfo) -> str | None:
-        folder = (info.context or {}).get("folder")
-        return str(Path(folder) / Path(value).expanduser()) if value and folder else value
-
 
 class ExtraArgs(_Strict):
     num_bits_lower_limit: int = 2
@@ -165,7 +158,7 @@ class ExtraArgs(_Strict):
         return height, width
 
     @model_validator(mode="after")
-    def _bit_limits(self) -> "ExtraArgs":
+    def _bit_limits(self) -> ExtraArgs:
         lo, hi = self.num_bits_lower_limit, self.num_bits_upper_limit
         if lo < 2:
             raise ValueError(f"num_bits_lower_limit is {lo}; it must be at least 2")
@@ -189,7 +182,7 @@ class RacingSpec(_Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _stages(self) -> "RacingSpec":
+    def _stages(self) -> RacingSpec:
         stages = self.stages
         if not stages or any(s <= 0 or s > 1 for s in stages):
             raise ValueError(f"racing stages {stages} must be fractions in (0, 1]")
@@ -207,12 +200,6 @@ class EnergyEvaluationSpec(_Strict):
                                                              "energy_analysis.py (per Conv2d layer, in model order)")
     input_shape: list[int] | None = Field(None, description="N, C, W, H the table was made for; checked against "
                                                             "the exploration data")
-
-    @field_validator("dram_analysis_file")
-    @classmethod
-    def _relative_to_workload(cls, value: str | None, info: ValidationInfo) -> str | None:
-        folder = (info.context or {}).get("folder")
-        return str(Path(folder) / Path(value).expanduser()) if value and folder else value
 
     @field_validator("input_shape")
     @classmethod
@@ -266,14 +253,11 @@ class ExplorationSpec(_Strict):
 
     @field_validator("initial_population")
     @classmethod
-    def _population_source(cls, value: str | list[list[float]], info: ValidationInfo) -> str | list[list[float]]:
-        if isinstance(value, list) or value in INITIAL_POPULATION_KINDS:
+    def _population_source(cls, value: str | list[list[float]]) -> str | list[list[float]]:
+        if isinstance(value, list) or value in INITIAL_POPULATION_KINDS or value.lower().endswith(".csv"):
             return value
-        if not value.lower().endswith(".csv"):
-            raise ValueError(f"'{value}' is none of random, sensitivity, a list of individuals (one parameter per "
-                             "gene), or a .csv file of parameters")
-        folder = (info.context or {}).get("folder")
-        return str(Path(folder) / Path(value).expanduser()) if folder else value
+        raise ValueError(f"'{value}' is none of random, sensitivity, a list of individuals (one parameter per "
+                         "gene), or a .csv file of parameters")
 
     @field_validator("data_memory_budget", mode="before")
     @classmethod
@@ -281,19 +265,12 @@ class ExplorationSpec(_Strict):
         return parse_size(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _one_constraint(self) -> "ExplorationSpec":
+    def _one_constraint(self) -> ExplorationSpec:
         given = [key for key in ("minimum_accuracy", "allowable_accuracy_drop", "allowable_absolute_accuracy_drop")
                  if getattr(self, key) is not None]
         if len(given) > 1:
             raise ValueError(f"set one accuracy constraint, not {' and '.join(given)}")
         return self
-
-    def bounds_for(self, metric: int = 0) -> float | None:
-        """The fixed lower bound of one metric (None: no fixed bound for it)."""
-        bound = self.minimum_accuracy
-        if isinstance(bound, list):
-            return bound[metric] if metric < len(bound) else None
-        return bound if metric == 0 else None
 
 
 class TrainingDatasets(_Strict):
@@ -350,6 +327,14 @@ class WorkloadSpec(_Strict):
     retraining: TrainingSpec | None = None
     reevaluation: ReevaluationSpec | None = None
     launch: LaunchSpec = LaunchSpec()
+    _folder: Path | None = PrivateAttr(None)  # the workload file's folder; loading sets it, copies keep it
+
+    def input_path(self, value: str) -> Path:
+        """An input path (weights, data, a CSV or energy table) as written in the workload, resolved against the
+        workload file's folder at the moment of use: the spec keeps it as written, so a copy of the workload in
+        another folder is the same workload with its inputs there."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or self._folder is None else self._folder / path
 
     @model_validator(mode="before")
     @classmethod
@@ -372,14 +357,14 @@ class WorkloadSpec(_Strict):
         return {**data, "model": model, "exploration": {**exploration, "extra_args": args}}
 
     @model_validator(mode="after")
-    def _one_device(self) -> "WorkloadSpec":
+    def _one_device(self) -> WorkloadSpec:
         gpu, device = self.problem.gpu_id, self.exploration.device
         if gpu is not None and (device == "cpu" and gpu >= 0 or device == "cuda" and gpu == -1):
             raise ValueError(f"problem.gpu_id {gpu} and exploration.device '{device}' disagree; keep one of them")
         return self
 
     @model_validator(mode="after")
-    def _one_cost_function(self) -> "WorkloadSpec":
+    def _one_cost_function(self) -> WorkloadSpec:
         again = self.reevaluation.bit_weighting_function if self.reevaluation else None
         cost = self.exploration.extra_args.bit_weighting_function
         if again is not None and again != cost:
@@ -403,7 +388,7 @@ class WorkloadSpec(_Strict):
         return walk(self, "")
 
     @model_validator(mode="after")
-    def _shards_only_for_training(self) -> "WorkloadSpec":
+    def _shards_only_for_training(self) -> WorkloadSpec:
         for key, block in self.dataset_blocks().items():
             if block.kind == "webdataset" and key not in TRAINING_BLOCKS and not is_import_reference(block.type):
                 raise ValueError(
@@ -419,164 +404,3 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError("must be a size such as 512M, 2G, 1.5G or a number of bytes")
     return int(float(match[1]) * SIZE_UNITS[match[2].lower()])
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A validated workload with the file it came from."""
-
-    spec: WorkloadSpec
-    path: Path
-    text: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name or self.path.stem
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def input_path(self, value: str) -> Path:
-        """Resolve an input path (weights, data) relative to the workload file's folder."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.path.parent / path)
-
-    def results_dir(self) -> Path:
-        return Path(self.spec.results).expanduser()
-
-    @staticmethod
-    def dataset_key(name: str) -> str:
-        """The dotted key of a dataset block named short (``exploration``, ``baseline``, ``reevaluate``) or dotted."""
-        return DATASET_SHORT_NAMES.get(name, name)
-
-    def dataset(self, name: str) -> DatasetSpec:
-        """A dataset block by short name or dotted key such as ``retraining.datasets.validation``; a UserError
-        names the choices when there is none."""
-        block: Any = self.spec
-        for part in self.dataset_key(name).split("."):
-            block = getattr(block, part, None)
-        if not isinstance(block, DatasetSpec):
-            raise UserError(f"Workload {self.path} has no dataset block '{self.dataset_key(name)}'. "
-                            f"Use one of {', '.join(DATASET_SHORT_NAMES)}, or a dotted key of a dataset block such "
-                            "as retraining.datasets.validation.")
-        return block
-
-    def with_generations(self, generations: int) -> "Workload":
-        """The workload run for ``generations`` generations (same text: a resumed run still matches its file)."""
-        nsga = self.spec.exploration.nsga.model_copy(update={"generations": generations})
-        exploration = self.spec.exploration.model_copy(update={"nsga": nsga})
-        return dataclasses.replace(self, spec=self.spec.model_copy(update={"exploration": exploration}))
-
-    def dataset_blocks(self) -> dict[str, DatasetSpec]:
-        """Every dataset block of the workload by dotted key, in file order."""
-        return self.spec.dataset_blocks()
-
-    def data_cache_folder(self) -> Path:
-        """Where the decoded subsets of image-folder blocks are cached (qsx_batch.data.cache)."""
-        return self.results_dir() / "data-cache"
-
-    def calibration_file(self, fingerprint: str) -> Path:
-        """``calibration.file``, or a file in the results folder named after the calibration fingerprint."""
-        cal = self.spec.calibration
-        if cal is not None and cal.file:
-            return Path(cal.file).expanduser()
-        return self.results_dir() / f"{self.name}.calib-{fingerprint[:10]}.pt"
-
-
-def default_workload_path() -> Path:
-    """The embedded default workload shipped inside the package."""
-    return Path(str(resources.files("qsx_batch") / "workloads" / DEFAULT_WORKLOAD))
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
-    """The pydantic model class that holds the field at ``loc`` (for did-you-mean suggestions)."""
-    model: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        annotation = field.annotation
-        for candidate in (annotation, *getattr(annotation, "__args__", ())):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                model = candidate
-                break
-        else:
-            return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _format_errors(path: Path, error: ValidationError) -> str:
-    lines = []
-    for err in error.errors():
-        loc = tuple(err["loc"])
-        where = "workload." + ".".join(str(p) for p in loc) if loc else "workload"
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(loc, WorkloadSpec)
-            allowed = sorted(parent.model_fields) if parent else []
-            hint = _did_you_mean(str(loc[-1]), allowed)
-            lines.append(f"unknown key '{where}'.{hint} Allowed here: {', '.join(allowed)}.")
-        elif err["type"] == "missing":
-            lines.append(f"missing required key '{where}'.")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")  # a whole section is not repeated: its validator names the values
-            lines.append(f"'{where}': {msg}." if isinstance(value, dict) else f"'{where}' = {value!r}: {msg}.")
-    return f"Workload {path} is invalid: " + " ".join(lines)
-
-
-def parse_workload(text: str, path: Path) -> Workload:
-    """Validate workload text; ``path`` names the file in messages and anchors relative inputs."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"Workload {path} is not valid YAML{where}: {exc.problem}.") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"Workload {path} is not valid YAML: {exc}.") from None
-    if not isinstance(data, dict) or "workload" not in data:
-        raise UserError(f"Workload {path} must have a top-level 'workload:' mapping.")
-    extra = sorted(set(data) - {"workload"})
-    if extra:
-        raise UserError(f"Workload {path} has unknown top-level keys {extra}; everything belongs under 'workload:'.")
-    try:
-        spec = WorkloadSpec.model_validate(data["workload"] or {}, context={"folder": path.resolve().parent})
-    except ValidationError as exc:
-        raise UserError(_format_errors(path, exc)) from None
-    return Workload(spec=spec, path=path.resolve(), text=text)
-
-
-def load_workload(path: str | Path | None) -> Workload:
-    """Read and validate a workload file; ``None`` loads the embedded default."""
-    path = default_workload_path() if path is None else Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"Workload file {path} does not exist.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UserError(f"Workload file {path} cannot be read: {exc}.") from None
-    return parse_workload(text, path)
-
-
-def differing_keys(a: WorkloadSpec, b: WorkloadSpec) -> list[str]:
-    """The dotted keys whose values differ between two workloads (defaults filled in), in schema order."""
-    def flat(value: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(value, dict) and value:
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): value}
-
-    left, right = flat(a.model_dump(mode="json"), ""), flat(b.model_dump(mode="json"), "")
-    return [key for key in {**left, **right} if left.get(key) != right.get(key)]
-
-
-def dump_workload(workload: Workload) -> str:
-    """The resolved workload (defaults filled in) as YAML."""
-    return yaml.safe_dump({"workload": workload.spec.model_dump(mode="json")}, sort_keys=False)

@@ -1,7 +1,7 @@
 """Individuals a workload puts into NSGA-II's first generation itself, besides pymoo's random ones (as Optuna's
 ``enqueue_trial``): ``exploration.predefined_parameters`` (one value in every gene, the reference tool's key) and
 ``exploration.initial_population`` as a list of individuals or a CSV file of parameters. The sensitivity-derived
-individuals of ``initial_population: sensitivity`` come from :mod:`qsx_batch.sensitivity`.
+individuals of ``initial_population: sensitivity`` come from :mod:`qsx_batch.search.sensitivity`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .problems import Problem
-from .workload import INITIAL_POPULATION_KINDS, ExplorationSpec
+from ..errors import UserError
+from ..problems import Problem
+from ..workload import INITIAL_POPULATION_KINDS, WorkloadSpec
 
 
 def read_parameter_csv(path: Path, gene_names: list[str]) -> list[np.ndarray]:
@@ -42,14 +42,17 @@ def read_parameter_csv(path: Path, gene_names: list[str]) -> list[np.ndarray]:
         raise UserError(f"exploration.initial_population: cannot read {path} ({exc.strerror or exc}).") from None
 
 
-def given_genomes(spec: ExplorationSpec, problem: Problem) -> np.ndarray:
-    """The genomes of ``predefined_parameters`` and of an ``initial_population`` list or CSV file, in that order."""
+def given_genomes(workload: WorkloadSpec, problem: Problem) -> np.ndarray:
+    """The genomes of ``predefined_parameters`` and of an ``initial_population`` list or CSV file (resolved
+    against the workload file's folder), in that order."""
+    spec = workload.exploration
     genomes = [problem.uniform_genome(value) for value in spec.predefined_parameters]
     source = spec.initial_population
     if source not in INITIAL_POPULATION_KINDS:
         n = len(problem.gene_names)
-        listed = read_parameter_csv(Path(source), problem.gene_names) if isinstance(source, str) else source
-        where = source if isinstance(source, str) else "exploration.initial_population"
+        path = workload.input_path(source) if isinstance(source, str) else None
+        listed = read_parameter_csv(path, problem.gene_names) if path else source
+        where = str(path) if path else "exploration.initial_population"
         for number, params in enumerate(listed):
             if len(params) != n:
                 raise UserError(f"{where}: individual {number} has {len(params)} parameters; give one per gene "
