@@ -234,7 +234,10 @@ class SlurmExecutor:
             yield pending.pop(key), result, attempt
 
     def _settle(self, ended: list[_Task], shards: Path, pending: dict[str, EvalRequest]) -> Iterator[tuple]:
-        """Results of tasks that succeeded must exist: wait up to settle_s for a shared file system to list them."""
+        """Collect what ended tasks published since the last poll (a task that raised after its first result
+        published that one before it ended), then wait up to settle_s for a shared file system to list the results
+        of tasks that succeeded."""
+        yield from self._collect(shards, pending)
         succeeded = [task for task in ended if task.outcome()[0]]
         deadline = time.monotonic() + self.settle_s
         while any(key in pending for task in succeeded for key in task.keys) and time.monotonic() < deadline:
