@@ -1,6 +1,7 @@
 """The ``qsx-batch`` command line: registers the commands of :mod:`qsx_batch.commands` and runs one, reporting
-user mistakes as one paragraph (exit status 2) and stops as exit status 130, without tracebacks. Commands with a
-``--threads`` option compute: their torch threads are set here, before they run (:mod:`qsx_batch.threads`)."""
+user mistakes as one paragraph (exit status 2), failed writes such as a full disk as one (exit status 1) and stops
+as exit status 130, without tracebacks. Commands with a ``--threads`` option compute: their torch threads are set
+here, before they run (:mod:`qsx_batch.threads`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 from . import __version__
 from .commands import COMMANDS
-from .errors import UserError
+from .errors import UserError, write_failure
 from .interrupts import Interrupted, stop_requests
 from .threads import set_wait_policy, use_threads
 
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"qsx-batch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        failure = write_failure(exc)  # before the run's own handler took over: nothing of it is stored yet
+        if failure is None:
+            raise
+        print(f"qsx-batch {args.command}: error: {failure.message(None, 'the same command')}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, Interrupted):
         print(f"\nqsx-batch {args.command}: interrupted", file=sys.stderr)
         return 130

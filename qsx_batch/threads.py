@@ -9,6 +9,7 @@ runtime, which reads the environment once.
 from __future__ import annotations
 
 import os
+import sys
 
 from .errors import UserError
 
@@ -55,13 +56,19 @@ def set_wait_policy() -> None:
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op and inter-op threads to ``threads`` (None: :func:`default_threads`); returns the count."""
+    """Set torch's intra-op and inter-op threads to ``threads`` (None: :func:`default_threads`); returns the count.
+    Before torch is imported this sets OpenMP's thread count, which torch adopts when it loads (at most the
+    machine's cores): the command line calls this first and imports torch only once the arguments and files are
+    known good."""
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads}: give at least 1 thread (or leave --threads out to use the CPUs of "
                         f"this process's allocation, here {default_threads()}).")
+    count = threads or default_threads()
+    if "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(count)
+        return count
     import torch
 
-    count = threads or default_threads()
     torch.set_num_threads(count)
     if torch.get_num_interop_threads() != count:
         try:

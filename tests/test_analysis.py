@@ -18,6 +18,8 @@ from qsx_batch.cli import main
 from qsx_batch.results.pareto import hypervolume, pareto_mask, ranking, usable
 from qsx_batch.store import open_for_append
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 
 @pytest.fixture(scope="module")
 def run_file(tmp_path_factory):

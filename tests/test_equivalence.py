@@ -24,6 +24,8 @@ from qsx_batch.models.quantized import InferenceTensorQuantizer, quant_nn, quant
 from qsx_batch.problems.sparsity import BlockSparsifier
 from qsx_batch.workload import load_workload
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 CPU = torch.device("cpu")
 
 

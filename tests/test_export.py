@@ -17,6 +17,8 @@ from qsx_batch.cli import main
 from qsx_batch.evaluation.assembly import load_block
 from qsx_batch.tools.deployment import load_exported
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 
 def _run(tmp_path, workload_path, predefined: list[float], name: str):
     data = yaml.safe_load(workload_path.read_text())

@@ -74,8 +74,9 @@ def test_evaluate_reproduces_stored_accuracy_and_links_individuals(quant, tmp_pa
     shown = capsys.readouterr().out
     assert "re-evaluated: on reevaluation.datasets.reevaluate" in shown
     for row, accuracy in zip(table["individual"][full], table["accuracy"][full]):
-        assert any(line.split()[:4] == [str(row), str(ind["generation"][row]), f"{ind['accuracy'][row]:.4f}",
-                                        f"{accuracy:.4f}"] for line in shown.splitlines())
+        assert any(line.split()[:5] == [str(row), str(ind["generation"][row]), f"{ind['accuracy'][row]:.4f}",
+                                        f"{-ind['constraint'][row]:+.4f}", f"{accuracy:.4f}"]  # after the margin
+                   for line in shown.splitlines())
     # the follow-up table does not stop a run from being resumed or read
     assert main(["explore", "--resume", str(copy)]) == 0
     assert results.open(copy).count == run.count

@@ -6,6 +6,8 @@ import pytest
 
 from qsx_batch.interrupts import Interrupted, raise_if_requested, stop_requests
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 
 class _Node:
     pass

@@ -168,7 +168,8 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
     for _, tasks, queued, running, finished, retried, failed, seconds in stages.values():
         assert finished == tasks and retried == failed == 0 and 0 < seconds < 240
         assert queued <= tasks and running <= 2  # a node of 2 CPUs runs at most 2 tasks of 1 CPU
-    assert re.search(rf"^{STAMP}baseline +fp32 on exploration: accuracy", done.stderr, re.M)  # the search's lines too
+    baseline = rf"^{STAMP}baseline +fp32 on exploration: mnist_embedded validation, 200 samples: accuracy"
+    assert re.search(baseline, done.stderr, re.M)  # the search's lines too
     assert re.search(rf"^{STAMP}accuracy constraint: >= ", done.stderr, re.M)
 
 

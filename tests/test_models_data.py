@@ -13,6 +13,8 @@ from qsx_batch.errors import UserError
 from qsx_batch.models import build_model, load_weights, model_names, save_weights
 from qsx_batch.workload import DatasetSpec
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 
 def test_registry_has_builtin_and_torchvision_models():
     names = model_names()

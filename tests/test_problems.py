@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_workload_dict, write_workload
+from conftest import WEIGHTS, tiny_workload_dict, write_workload
 
 from qsx_batch.evaluation.assembly import build_problem, calibration_path, prepare_evaluator
 from qsx_batch.problems.sparsity import BlockSparsifier, threshold_values
@@ -58,15 +62,13 @@ def test_calibration_is_saved_reused_and_keeps_batchnorm(tmp_path):
     data["workload"]["calibration"]["datasets"]["calibrate"]["type"] = "cifarlike:make"
     data["workload"]["calibration"]["method"] = "histogram"
     workload = load_workload(write_workload(tmp_path, data))
-    torch.manual_seed(0)
     problem = build_problem(workload, CPU, calibrate=False)
-    bn = problem.model.bn1
-    bn.running_mean.fill_(0.5)
+    bn = problem.model.bn1  # fresh statistics (0 and 1): calibration in train mode would move them
     before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
     from qsx_batch.evaluation.assembly import ensure_calibration
 
     path, computed = ensure_calibration(workload, problem, CPU)
-    assert computed and calibration_path(workload) == __import__("pathlib").Path(path)
+    assert computed and calibration_path(workload, problem.model) == __import__("pathlib").Path(path)
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
     assert int(bn.num_batches_tracked) == before[2]
     amax = {n: q.amax.clone() for n, q in problem.quantizers}
@@ -76,6 +78,44 @@ def test_calibration_is_saved_reused_and_keeps_batchnorm(tmp_path):
     assert __import__("os").path.getmtime(path) == mtime
     for name, q in again.quantizers:
         assert torch.equal(q.amax, amax[name])
+
+
+RANDOM_NETWORK = """
+import sys
+from qsx_batch.evaluation.assembly import CPU, build_problem, weights_digest
+from qsx_batch.workload import load_workload
+
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+problem = build_problem(load_workload(sys.argv[1]), CPU, calibrate=False)
+print(weights_digest(problem.model))
+"""
+
+
+def test_a_network_without_weights_is_the_same_in_every_process_and_its_calibration_knows_it(tmp_path):
+    """``model.weights: null``: the random network comes from the workload seed, so a resume or an array task
+    scores the network that was calibrated; another seed is another network, with its own calibration file."""
+    data = tiny_workload_dict("quantization", tmp_path)
+    data["workload"]["model"]["weights"] = None
+    first = write_workload(tmp_path, data, "seed0.yaml")
+    data["workload"]["seed"] = 1
+    other = write_workload(tmp_path, data, "seed1.yaml")
+    digests = [subprocess.run([sys.executable, "-c", RANDOM_NETWORK, str(path)], capture_output=True, text=True,
+                              check=True, timeout=300).stdout.strip() for path in (first, first, other)]
+    assert digests[0] == digests[1] != digests[2]
+
+
+def test_new_weights_at_the_same_path_get_their_own_calibration(tmp_path):
+    weights = tmp_path / "lenet.pt"
+    shutil.copy(WEIGHTS, weights)
+    data = tiny_workload_dict("quantization", tmp_path)
+    data["workload"]["model"]["weights"] = str(weights)
+    workload = load_workload(write_workload(tmp_path, data))
+    before = calibration_path(workload, build_problem(workload, CPU, calibrate=False).model)
+    state = torch.load(weights, weights_only=True)
+    state["fc3.bias"] += 0.01  # retrained in place
+    torch.save(state, weights)
+    after = calibration_path(workload, build_problem(workload, CPU, calibrate=False).model)
+    assert before != after and before.parent == after.parent
 
 
 def test_threshold_discretization():

@@ -16,6 +16,8 @@ import torch
 from qsx_batch import threads
 from qsx_batch.cli import main
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 
 @pytest.fixture
 def cpus(monkeypatch):
@@ -54,6 +56,16 @@ def test_use_threads_sets_torch(cpus, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_threads_chosen_before_torch_loads_are_the_ones_torch_runs():
+    """The command line sets the threads before it imports torch (so a mistyped path is reported at once)."""
+    code = ("import sys; from qsx_batch.threads import use_threads; assert use_threads(1) == 1; "
+            "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1"]  # not torch's default (the machine's cores)
+
+
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_bad_thread_count_is_one_paragraph(value, capsys):
     assert main(["energy", "--threads", value]) == 2
@@ -77,8 +89,8 @@ def test_command_sets_policy_before_torch_loads_and_threads(tmp_path):
     --threads reaches torch."""
     code = ("import os, sys; from qsx_batch.cli import main; assert 'torch' not in sys.modules; "
             f"rc = main(['energy', '--threads', '1', '--output', {str(tmp_path / 'e.csv')!r}]); import torch; "
-            "print(rc, os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads(), torch.get_num_interop_threads())")
+            "print(rc, os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads())")
     env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_SETTINGS}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-4:] == ["0", "PASSIVE", "1", "1"]
+    assert done.stdout.split()[-3:] == ["0", "PASSIVE", "1"]

@@ -12,6 +12,8 @@ from conftest import WEIGHTS, tiny_workload_dict, write_workload
 from qsx_batch.errors import UserError
 from qsx_batch.workload import differing_keys, dump_workload, load_workload, parse_workload
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 REFERENCE_STYLE = f"""
 workload:
   problem:

@@ -21,14 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..evaluation.assembly import workload_device
     from ..results.report import write_csv
-    from ..tools.sparsity_tiles import block_stats, stats_text
     from ..workload import load_workload
 
     if args.block_size is not None and args.block_size < 1:
         raise UserError(f"--block-size {args.block_size}: a block is at least 1 element wide.")
     workload = load_workload(args.workload)
+    from ..evaluation.assembly import workload_device  # torch: once the workload loaded
+    from ..tools.sparsity_tiles import block_stats, stats_text
+
     device = workload_device(workload, args.device)
     stats = block_stats(workload, device, args.block_size)
     print(stats_text(stats))

@@ -19,10 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..evaluation.assembly import build_problem, ensure_calibration, workload_device
     from ..workload import load_workload
 
     workload = load_workload(args.workload)
+    from ..evaluation.assembly import build_problem, ensure_calibration, workload_device  # torch: once it loaded
+
     device = workload_device(workload, args.device)
     problem = build_problem(workload, device, calibrate=False)
     if not problem.needs_calibration:

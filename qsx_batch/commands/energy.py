@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tools.dram_energy import write_energy_table
     from ..workload import load_workload
 
     workload = load_workload(args.workload)
+    from ..tools.dram_energy import write_energy_table  # torch: once the workload loaded
+
     model, rows, bits, output = write_energy_table(workload, args.bits, Path(args.output) if args.output else None)
     energy = workload.spec.exploration.extra_args.energy
     print(f"DRAM transfers and energy per inference at {bits} bits ({model.source}, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_followup, add_slurm_options, placement
+from .options import add_followup, add_slurm_options, placement, results_path
 
 NAME = "evaluate"
 HELP = "re-evaluate chosen individuals on the re-evaluation (or another) dataset"
@@ -31,16 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..tools.followup import load_followup
-    from ..tools.reevaluation import reevaluate
 
-    job = load_followup(args)
+    job = load_followup(results_path(args.results, args.workload), args)
+    from ..tools.reevaluation import reevaluate  # torch: once the results file and the choice are known good
+
     run = job.run
     shown: list = []
 
     def show(done) -> None:
         if not shown:
             print(f"{'#':>5} {'accuracy':>9} {'re-evaluated':>13} {'samples':>8} {run.header.cost_name:>20}  dataset "
-                  f"{job.workload.dataset_key(args.dataset)}")
+                  f"{job.workload.dataset_label(job.workload.dataset_key(args.dataset))}")
         shown.append(done)
         score = f"  [{done.error}]" if done.error else f"{done.accuracy:>13.4f}"
         print(f"{done.row:>5} {run.individuals['accuracy'][done.row]:>9.4f} {score} {done.samples:>8} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_run_options, add_workload, placement
+from .options import add_run_options, add_workload, placement, results_path
 
 NAME = "explore"
 HELP = "run an exploration on this machine"
@@ -18,12 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.log import run_log
+    from ..search.start import closed_on_failure, run_workload
+
+    resume = results_path(args.resume, args.workload) if args.resume else None
+    workload, writer = run_workload(args.workload, resume, args.generations)
+    from ..search.log import run_log  # torch: once the workload (and a resumed results file) opened
     from ..search.nsga import SearchOptions
     from ..search.placement import assemble_run
-    from ..search.run import closed_on_failure, run_search, run_workload
+    from ..search.run import run_search
 
-    workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, args.generations)
     with closed_on_failure(writer), run_log(workload, NAME):
         run = assemble_run(workload, placement(args, slurm=False), writer, Path(args.output) if args.output else None)
         options = SearchOptions(skip_baseline=args.skip_baseline, progress=args.progress, verbose=args.verbose)

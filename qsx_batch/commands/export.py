@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_followup
+from .options import add_followup, results_path
 
 NAME = "export"
 HELP = "write a recipe, a fake-quantized PyTorch model and (8/4-bit) ONNX of chosen individuals"
@@ -21,10 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tools.deployment import export_chosen
     from ..tools.followup import load_followup
 
-    job = load_followup(args)
+    job = load_followup(results_path(args.results, args.workload), args)
+    from ..tools.deployment import export_chosen  # torch: once the results file and the choice are known good
+
     out = Path(args.out) if args.out else job.run.path.with_name(job.run.path.stem + "-export")
     for row, files, refusal in export_chosen(job, out):
         print(f"#{row:<5} " + "  ".join(str(f) for f in files) + (f"  (no ONNX: {refusal})" if refusal else ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_choice
+from .options import add_choice, add_results, results_path
 
 NAME = "inspect"
 HELP = "summarize a results file (also while a run writes it); choose and export individuals"
@@ -14,7 +14,7 @@ DESCRIPTION = ("Without choice options: summary, baseline and Pareto front, expo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="results file (.h5)")
+    add_results(p)
     add_choice(p)
     p.add_argument("--hypervolume", action="store_true", help="print the hypervolume of every generation")
     p.add_argument("--sensitivity", action="store_true",
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..results.selection import has_choice, selected_rows
 
-    run = results.open(args.results)
+    run = results.open(results_path(args.results))
     chosen = has_choice(args)
     rows = selected_rows(run, args) if chosen else run.pareto()
     energy = None

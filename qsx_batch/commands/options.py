@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..workload import LaunchSpec
@@ -14,6 +16,25 @@ if TYPE_CHECKING:
 def add_workload(p: argparse.ArgumentParser) -> None:
     """The optional workload file argument (default: the embedded workload)."""
     p.add_argument("workload", nargs="?", help="workload YAML file (default: the embedded LeNet-5/MNIST quantization)")
+
+
+def add_results(p: argparse.ArgumentParser) -> None:
+    """The optional results file argument (default: the newest in results/)."""
+    p.add_argument("results", nargs="?", help="results file (.h5; default: the newest in results/ of the working "
+                                              "folder, or in --workload's results folder)")
+
+
+def results_path(given: str | None, workload_file: str | None = None) -> Path:
+    """``given``, or (when absent or ``last``) the newest results file in the results folder of ``workload_file``
+    (default: the embedded workload's, results/ of the working folder), said on stderr."""
+    from .. import results
+    from ..workload import load_workload
+
+    if given not in (None, "last"):
+        return Path(given)
+    path = results.newest(load_workload(workload_file).results_dir())
+    print(f"results file: {path} (the newest in {path.parent}/)", file=sys.stderr)
+    return path
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -33,7 +54,9 @@ def add_threads(p: argparse.ArgumentParser) -> None:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of a search run (``explore`` and ``launch``)."""
     p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
-    p.add_argument("--resume", metavar="RESULTS.h5", help="continue the run stored in this results file")
+    p.add_argument("--resume", nargs="?", const="last", metavar="RESULTS.h5",
+                   help="continue the run stored in this results file (alone or 'last': the newest in the "
+                        "workload's results folder)")
     p.add_argument("--generations", type=_positive, metavar="N",
                    help="run N generations (default: exploration.nsga.generations); with --resume, extend a "
                         "finished run: only new genomes are evaluated")
@@ -112,7 +135,7 @@ def add_choice(p: argparse.ArgumentParser, failed: bool = True) -> None:
 
 def add_followup(p: argparse.ArgumentParser) -> None:
     """What ``evaluate`` and ``retrain`` take: results file, individual choice, workload override, device."""
-    p.add_argument("results", help="results file (.h5) of a finished or stopped run")
+    add_results(p)
     add_choice(p, failed=False)
     p.add_argument("--workload", metavar="FILE",
                    help="workload to use instead of the one stored in the results file (same genes required), "

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_results, results_path
+
 NAME = "plot"
 HELP = "draw Pareto, per-layer front and hypervolume figures of a results file"
 DESCRIPTION = None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="results file (.h5)")
+    add_results(p)
     p.add_argument("--out", metavar="DIR",
                    help="folder for the figures (default: <results stem>-plots beside the file)")
     p.add_argument("--formats", nargs="+", choices=["png", "pdf", "svg"], default=["png", "pdf"],
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..results.plots import plot_run
 
-    run = results.open(args.results)
+    run = results.open(results_path(args.results))
     out = Path(args.out) if args.out else run.path.with_name(run.path.stem + "-plots")
     try:
         paths = plot_run(run, out, args.formats, args.max_lines)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_followup
+from .options import add_followup, results_path
 
 NAME = "retrain"
 HELP = "quantization-aware fine-tuning of chosen individuals (bit widths fixed)"
@@ -23,9 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..store.format import RETRAINING
     from ..tools.followup import load_followup
-    from ..tools.retraining import retrain
 
-    job = load_followup(args)
+    job = load_followup(results_path(args.results, args.workload), args)
+    from ..tools.retraining import retrain  # torch: once the results file and the choice are known good
+
     retrain(job, args.device, args.epochs, Path(args.out) if args.out else None,
             show=lambda e: print(f"#{e.row:<5} epoch {e.epoch:>3}: loss {e.loss:.4f}  validation accuracy "
                                  f"{e.accuracy:.4f}"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_device, add_slurm_options, add_workload, placement
+from .options import add_device, add_slurm_options, add_workload, placement, results_path
 
 NAME = "sensitivity"
 HELP = "sweep each gene alone (every other gene neutral) and store the accuracy per gene and value"
@@ -22,8 +22,9 @@ DESCRIPTION = ("Per quantizer (or per layer threshold), the network is evaluated
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload(p)
     p.add_argument("--output", "-o", metavar="FILE", help="results file to create (default: RESULTS/<name>-<time>.h5)")
-    p.add_argument("--resume", metavar="RESULTS.h5",
-                   help="add the sweep to this run's results file (or complete a stopped sweep)")
+    p.add_argument("--resume", nargs="?", const="last", metavar="RESULTS.h5",
+                   help="add the sweep to this run's results file (or complete a stopped sweep); alone or 'last': "
+                        "the newest in the workload's results folder")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="log every array-job submission")
     p.add_argument("--slurm", action="store_true",
@@ -35,13 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import results
     from ..results.report import sensitivity_text
-    from ..search.log import run_log
+    from ..search.start import closed_on_failure, run_workload
+
+    resume = results_path(args.resume, args.workload) if args.resume else None
+    workload, writer = run_workload(args.workload, resume, None)
+    where = placement(args, slurm=args.slurm)
+    from ..search.log import run_log  # torch: once the workload (and a resumed results file) opened
     from ..search.placement import assemble_run
-    from ..search.run import closed_on_failure, run_to_end, run_workload
+    from ..search.run import run_to_end
     from ..search.sensitivity import measure_sensitivity
 
-    where = placement(args, slurm=args.slurm)
-    workload, writer = run_workload(args.workload, Path(args.resume) if args.resume else None, None)
     with closed_on_failure(writer), run_log(workload, NAME):
         run = assemble_run(workload, where, writer, Path(args.output) if args.output else None)
         path = run.writer.path

@@ -20,7 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..tools.training import train_weights
     from ..workload import load_workload
 
     workload = load_workload(args.workload)
@@ -28,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
         workload.input_path(workload.spec.model.weights) if workload.spec.model.weights else None)
     if output is None:
         raise UserError("Say where to save the weights: --output FILE (or set model.weights in the workload).")
+    from ..tools.training import train_weights  # torch: once the workload loaded
+
     reports, held_out = train_weights(
         workload, output, on_epoch=lambda r: print(f"epoch {r.epoch:>3}: loss {r.loss:.4f}  validation accuracy {r.accuracy:.4f}"))
     print(f"held-out accuracy {held_out:.4f}; weights -> {output}")

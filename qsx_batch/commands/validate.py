@@ -19,10 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tools.validation import validate_workload
-    from ..workload import dump_workload
+    from ..workload import dump_workload, load_workload
 
-    workload = validate_workload(args.workload)
+    workload = load_workload(args.workload)
+    from ..tools.validation import validate_workload  # torch: once the workload loaded
+
+    workload = validate_workload(workload)
     print(dump_workload(workload), end="")
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0

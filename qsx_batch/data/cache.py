@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from .sources import Batch, FixedSubset, Normalization, Source, normalizer, progress
 
 FORMAT = "qsx-batch-data-cache/1"
@@ -81,6 +81,8 @@ class CacheFile:
             os.replace(labels_tmp, self.labels_path)
             os.replace(images_tmp, self.images_path)
         except OSError as exc:
+            if write_failure(exc):  # a full disk and its like: the command's own message, with how to continue
+                raise OSError(exc.errno, exc.strerror, exc.filename or str(self.images_path)) from None
             raise UserError(f"Cannot write the data cache {self.images_path} for {what} ({exc.strerror or exc}). "
                             "It lives in the 'data-cache' folder of the workload's results folder: free space there "
                             "or choose another 'results' folder.") from None

@@ -12,7 +12,7 @@ import torch
 
 from ..data import MemoryBudget, Source, open_block
 from ..data.budget import memory_budget
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from ..models import build_model, load_weights
 from ..models.layers import LayerInfo, profile_layers, target_layers
 from ..problems import Problem, create_problem
@@ -62,9 +62,12 @@ def load_block(workload: Workload, spec: DatasetSpec, what: str, device: torch.d
 
 
 def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
-    """The network with its weights, in eval mode, on ``device``."""
+    """The network with its weights, in eval mode, on ``device``. Without ``model.weights`` its random weights
+    come from the workload seed: every process (a resume, an array task) builds the same network."""
     mspec = workload.spec.model
-    model = build_model(mspec.type, mspec.extra_args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(workload.spec.seed)
+        model = build_model(mspec.type, mspec.extra_args)
     if mspec.weights:
         load_weights(model, workload.input_path(mspec.weights), mspec.type)
     return model.eval().to(device)
@@ -101,20 +104,33 @@ def _check_input_shape(workload: Workload, sample: tuple[int, ...]) -> None:
                         "would describe another input. Make the two agree.")
 
 
-def calibration_fingerprint(workload: Workload) -> dict:
-    """What a calibration depends on: model, weights, quantized layers, calibration data and method, seed."""
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of the network's actual weights and buffers (quantizer amax left out: calibration makes those)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.endswith("_amax"):
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibration_fingerprint(workload: Workload, model: torch.nn.Module) -> dict:
+    """What a calibration depends on: model, its actual weights, quantized layers, calibration data and method,
+    seed."""
     spec = workload.spec
     return {
         "model": spec.model.model_dump(mode="json"),
+        "weights_sha256": weights_digest(model),
         "calibration": spec.calibration.model_dump(mode="json", exclude={"file"}) if spec.calibration else None,
         "layers": spec.problem.model_dump(mode="json", exclude={"problem_function"}),
         "seed": spec.seed,
     }
 
 
-def calibration_path(workload: Workload) -> Path:
-    """Where the workload's calibration is stored (default name carries a hash of its fingerprint)."""
-    text = json.dumps(calibration_fingerprint(workload), sort_keys=True)
+def calibration_path(workload: Workload, model: torch.nn.Module) -> Path:
+    """Where the workload's calibration of ``model`` is stored (default name carries a hash of its fingerprint)."""
+    text = json.dumps(calibration_fingerprint(workload, model), sort_keys=True)
     return workload.calibration_file(hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -132,8 +148,8 @@ def calibration_samples(workload: Workload, device: torch.device) -> Source:
 def ensure_calibration(workload: Workload, problem: Problem, device: torch.device,
                        force: bool = False) -> tuple[str, bool]:
     """Load the calibration file, or calibrate and write it when missing or ``force``; returns (path, computed)."""
-    path = calibration_path(workload)
-    fingerprint = calibration_fingerprint(workload)
+    path = calibration_path(workload, problem.model)
+    fingerprint = calibration_fingerprint(workload, problem.model)
     if path.exists() and not force:
         amax, stored = load_calibration(path)
         if stored and stored != fingerprint:
@@ -150,6 +166,8 @@ def ensure_calibration(workload: Workload, problem: Problem, device: torch.devic
     try:
         save_calibration(path, amax, fingerprint)
     except OSError as exc:
+        if write_failure(exc):
+            raise  # a full disk and its like end the command with their own message (qsx_batch.cli)
         raise UserError(f"Cannot write calibration file {path}: {exc}.") from None
     return str(path), True
 

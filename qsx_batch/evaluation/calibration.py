@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data import Source
 from ..errors import UserError
+from ..models import save_file
 
 FORMAT = "qsx-batch-calibration/1"
 
@@ -67,10 +68,7 @@ def apply_amax(quantizers: list[tuple[str, nn.Module]], amax: dict[str, torch.Te
 
 def save_calibration(path: Path, amax: dict[str, torch.Tensor], fingerprint: dict) -> None:
     """Write amax values and what they were computed from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "fingerprint": fingerprint, "amax": amax}, tmp)
-    tmp.replace(path)
+    save_file({"format": FORMAT, "fingerprint": fingerprint, "amax": amax}, path)
 
 
 def load_calibration(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

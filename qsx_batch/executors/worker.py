@@ -16,6 +16,7 @@ from submitit.helpers import Checkpointable
 
 from ..evaluation.assembly import prepare_evaluator, workload_device
 from ..evaluation.evaluator import Evaluator
+from ..plugins import add_workload_folder
 from ..threads import use_threads
 from ..workload import Workload
 from .base import EvalRequest
@@ -64,6 +65,7 @@ class EvaluateChunk(Checkpointable):
 
     def prepare(self, datasets: tuple[str, ...]) -> Evaluator:
         """The task's Evaluator with the named dataset blocks loaded (a subclass may score differently)."""
+        add_workload_folder(self.workload.path.parent)  # unpickled, not loaded: its modules are imported from there
         return prepare_evaluator(self.workload, workload_device(self.workload, self.device), datasets)
 
     def __call__(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, writing
 from ..plugins import import_callable, is_import_reference
 from .lenet5 import LeNet5
 from .resnet_cifar import resnet8, resnet20
@@ -85,7 +86,22 @@ def load_weights(model: nn.Module, path: Path, model_name: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def save_file(obj: Any, path: Path) -> None:
+    """``torch.save`` into a temporary file, then renamed: a reader never sees half a file, and a full disk is an
+    OSError naming ``path`` (torch's own writer reports it without errno or file)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.write_bytes(buffer.getbuffer())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
     """Save ``model``'s state dict so that :func:`load_weights` reads it back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_file(model.state_dict(), path)

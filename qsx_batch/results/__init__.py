@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..workload import Workload
 
-__all__ = ["Run", "RunHeader", "Table", "open"]
+__all__ = ["Run", "RunHeader", "Table", "newest", "open"]
 
 
 @dataclass(eq=False)
@@ -170,3 +170,13 @@ def open(path: str | Path) -> Run:
             created=float(f.attrs["created"]), minimum_accuracy=minimum_accuracy(f),
             individuals=tables.pop("individuals"), baseline=tables.pop("baseline"),
             generations=tables.pop("generations"), follow_ups=tables)
+
+
+def newest(folder: Path) -> Path:
+    """The most recently written results file (``*.h5``) in ``folder``: what a command given no path opens."""
+    found = sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not found:
+        raise UserError(f"No results file given, and {folder}/ holds none (*.h5) to default to. Give the path of one; "
+                        "'qsx-batch explore' writes them into the workload's 'results' folder (default results/ of "
+                        "the working folder).")
+    return found[-1]

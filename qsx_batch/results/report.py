@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..evaluation.record import Status
 from ..store.format import SENSITIVITY
 from . import Run
@@ -44,11 +45,21 @@ def summary_text(run: Run) -> str:
         lines.append(f"follow-ups {tables}")
     base = run.baseline
     if base.rows:
-        lines += ["", "baseline", f"  {'setting':<14}{'dataset':<13}{'accuracy':>9}{'samples':>9}  cost"]
+        named = [_dataset_label(run, name) for name in base["dataset"]]
+        width = max(len(name) for name in named) + 2
+        lines += ["", "baseline", f"  {'setting':<14}{'dataset':<{width}}{'accuracy':>9}{'samples':>9}  cost"]
         for i in range(base.rows):
-            lines.append(f"  {base['label'][i]:<14}{base['dataset'][i]:<13}{base['accuracy'][i]:>9.4f}"
+            lines.append(f"  {base['label'][i]:<14}{named[i]:<{width}}{base['accuracy'][i]:>9.4f}"
                          f"{base['samples'][i]:>9}  {base['cost'][i]:.6g}")
     return "\n".join(lines)
+
+
+def _dataset_label(run: Run, name: str) -> str:
+    """The stored dataset name with the data of the run's workload block (the name alone if it has none)."""
+    try:
+        return run.workload.dataset_label(name)
+    except UserError:
+        return name
 
 
 def individuals_text(run: Run, rows: np.ndarray, title: str, energy: np.ndarray | None = None) -> str:
@@ -59,14 +70,20 @@ def individuals_text(run: Run, rows: np.ndarray, title: str, energy: np.ndarray 
     header = ("bits per quantizer, then threshold per layer input" if "threshold" in kinds else "bits per quantizer") \
         if run.bits else "threshold per layer input"
     again, dataset = run.reevaluated_accuracy()
+    constrained = not np.isnan(run.minimum_accuracy)
     lines = [f"{title} ({len(rows)} individuals; {header}: {' '.join(run.gene_names)})"]
     if dataset:
         lines.append(f"  accuracy: on the exploration data the search chose by; re-evaluated: on {dataset}")
-    lines.append(f"  {'#':>5} {'gen':>4} {'accuracy':>9}" + (f" {'re-evaluated':>12}" if dataset else "")
+    if constrained:
+        lines.append(f"  margin: accuracy minus the bound {run.minimum_accuracy:.6g} (meets it when >= 0)")
+    lines.append(f"  {'#':>5} {'gen':>4} {'accuracy':>9}" + (f" {'margin':>8}" if constrained else "")
+                 + (f" {'re-evaluated':>12}" if dataset else "")
                  + f" {run.header.cost_name:>20}" + (f" {'energy_uJ':>10}" if energy is not None else "")
                  + "  parameters")
     for row in rows:
         cells = f"  {row:>5} {ind['generation'][row]:>4} {ind['accuracy'][row]:>9.4f}"
+        if constrained:
+            cells += f" {-ind['constraint'][row]:>+8.4f}"
         if dataset:
             cells += f" {again[row]:>12.4f}" if np.isfinite(again[row]) else f" {'-':>12}"
         cells += f" {ind['cost'][row]:>20.6g}" + (f" {energy[row]:>10.4g}" if energy is not None else "")
@@ -121,32 +138,55 @@ def sensitivity_text(run: Run) -> str:
     return "\n".join(lines)
 
 
+SIGNIFICANT_DIGITS = 12  # float columns in CSV and JSON: no binary noise, and more digits than any stored measure
+
+
 def table_rows(run: Run, rows: np.ndarray, energy: np.ndarray | None = None) -> list[dict]:
-    """One flat dict per individual: scores (with the re-evaluated accuracy, NaN where none, when the run has
-    re-evaluations), per-gene parameters and per-layer block counts."""
+    """One flat dict per individual, with the columns the run's problem fills and the stored types: scores (the
+    re-evaluated accuracy, NaN where none, when the run has re-evaluations), the accuracy margin over the
+    constraint (when the run has one), per-gene parameters (bit widths as integers) and, for runs with thresholds,
+    per-layer block counts. An integral cost (bit counts) is an integer."""
     ind, out = run.individuals, []
     again, dataset = run.reevaluated_accuracy()
+    kinds = run.param_columns()
+    integer_genes = set(kinds.get("input_bits", ())) | set(kinds.get("weight_bits", ()))
+    costs = ind["cost"][np.isfinite(ind["cost"])]
+    integral_cost = run.bits and bool(np.all(costs == np.round(costs)))
+    constrained = not np.isnan(run.minimum_accuracy)
+
+    def number(value: float, integral: bool) -> int | float:
+        return int(value) if integral and math.isfinite(value) else float(value)
+
     for row in rows:
         record = {
             "index": int(row), "generation": int(ind["generation"][row]), "status": ind["status"][row],
-            "accuracy": float(ind["accuracy"][row]), "cost": float(ind["cost"][row]),
-            "constraint": float(ind["constraint"][row]), "eval_seconds": float(ind["eval_seconds"][row]),
+            "accuracy": float(ind["accuracy"][row]), "cost": number(ind["cost"][row], integral_cost),
         }
+        if constrained:  # stored as the violation (bound minus accuracy); exported as what it means
+            record["accuracy_margin"] = -float(ind["constraint"][row])
+        record["eval_seconds"] = float(ind["eval_seconds"][row])
         if dataset:
             record["reevaluated_accuracy"] = float(again[row])
         if energy is not None:
             record["energy_uj"] = float(energy[row])
-        record.update({name: float(v) for name, v in zip(run.gene_names, ind["params"][row])})
-        for key in ("blocks_already", "blocks_created"):
-            record.update({f"{key}:{name}": int(v) for name, v in zip(run.layer_names, ind[key][row])})
+        record.update({name: number(v, i in integer_genes)
+                       for i, (name, v) in enumerate(zip(run.gene_names, ind["params"][row]))})
+        if "threshold" in kinds:
+            for key in ("blocks_already", "blocks_created"):
+                record.update({f"{key}:{name}": int(v) for name, v in zip(run.layer_names, ind[key][row])})
         out.append(record)
     return out
 
 
-def _finite(rows: list[dict], missing: object) -> list[dict]:
-    """The records with NaN and infinite numbers replaced by ``missing``."""
-    return [{key: missing if isinstance(value, float) and not math.isfinite(value) else value
-             for key, value in row.items()} for row in rows]
+def _exported(rows: list[dict], missing: object) -> list[dict]:
+    """The records as written: floats to :data:`SIGNIFICANT_DIGITS` significant digits, NaN and infinities
+    replaced by ``missing``."""
+    def cell(value: object) -> object:
+        if not isinstance(value, float):
+            return value
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else missing
+
+    return [{key: cell(value) for key, value in row.items()} for row in rows]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -157,13 +197,13 @@ def write_csv(rows: list[dict], path: Path) -> None:
             return
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(_finite(rows, ""))
+        writer.writerows(_exported(rows, ""))
 
 
 def write_json(rows: list[dict], path: Path) -> None:
     """Write flat records as a JSON list (valid JSON: NaN and infinities become null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(rows, None), indent=1, allow_nan=False))
+    path.write_text(json.dumps(_exported(rows, None), indent=1, allow_nan=False))
 
 
 def _coordinates(run: Run, rows: np.ndarray, style: str, legend: str) -> str:

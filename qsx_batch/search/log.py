@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from ..workload import Workload
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal controls of progress bars
@@ -33,10 +33,36 @@ def log_path(workload: Workload) -> Path | None:
     return path if path.is_absolute() else workload.results_dir() / path
 
 
+class _Log:
+    """The open log file shared by the stdout and stderr copies; closed for good after a failed write, so that the
+    message about that failure still reaches the terminal."""
+
+    def __init__(self, path: Path, file: TextIO):
+        self.path, self.file = path, file
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError as exc:
+            self.close()
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+
+    def close(self) -> None:
+        file, self.file = self.file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:  # its last flush failed: what it holds is all the log can keep
+                pass
+
+
 class _Tee:
     """A text stream that writes through to ``stream`` and, line by line with a timestamp, to ``log``."""
 
-    def __init__(self, stream: TextIO, log: TextIO):
+    def __init__(self, stream: TextIO, log: _Log):
         self.stream = stream
         self.log = log
         self.pending = ""
@@ -45,12 +71,14 @@ class _Tee:
         self.stream.write(text)
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
+        stamped = []
         for line in lines:
             line = ANSI.sub("", line.rsplit("\r", 1)[-1])
             if line.strip():
                 stamp = "" if STAMPED.match(line) else time.strftime("%Y-%m-%d %H:%M:%S ")
-                self.log.write(f"{stamp}{line}\n")
-        self.log.flush()
+                stamped.append(f"{stamp}{line}\n")
+        if stamped:
+            self.log.write("".join(stamped))
         return len(text)
 
     def flush(self) -> None:
@@ -69,8 +97,10 @@ def run_log(workload: Workload, command: str) -> Iterator[None]:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(path, "w" if workload.spec.problem.clear_log_file else "a", encoding="utf-8")
+        log = _Log(path, open(path, "w" if workload.spec.problem.clear_log_file else "a", encoding="utf-8"))
     except OSError as exc:
+        if write_failure(exc):
+            raise
         raise UserError(f"Cannot open the log file {path} (problem.log_file): {exc.strerror or exc}.") from None
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)

@@ -158,7 +158,8 @@ class Search:
         if requests:
             for request, result, _ in self.executor.run(requests, BASELINE_STAGE):
                 self.writer.append_baseline(request.label, request.dataset, result)
-                self.options.log(f"baseline {request.label:>10} on {request.dataset:<11}: accuracy {result.accuracy:.4f}"
+                self.options.log(f"baseline {request.label:>10} on {self.workload.dataset_label(request.dataset)}, "
+                                 f"{result.samples} samples: accuracy {result.accuracy:.4f}"
                                  f"  {self.problem.cost_name} {result.cost:.6g}"
                                  + (f"  [{result.status}: {result.error}]" if not result.ok else ""))
         self._set_constraint()

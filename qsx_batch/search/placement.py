@@ -26,7 +26,8 @@ from ..executors.slurm_cluster import checked_settings, for_array_tasks, require
 from ..problems import Problem
 from ..store import ResultsWriter
 from ..workload import Workload
-from .run import closed_on_failure, create_run, ensure_writable
+from .run import create_run, ensure_writable
+from .start import closed_on_failure
 
 
 @dataclass(frozen=True)

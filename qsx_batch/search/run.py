@@ -3,66 +3,21 @@
 
 from __future__ import annotations
 
-import errno
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from ..evaluation.assembly import metric_names
 from ..executors.base import Executor
 from ..interrupts import Interrupted
 from ..problems import Problem
-from ..store import ResultsWriter, create_results, open_for_append
-from ..workload import Workload, differing_keys, load_workload
+from ..store import ResultsWriter, create_results
+from ..workload import Workload
 from .initial_population import given_genomes
 from .nsga import Search, SearchOptions, run_header
-
-
-def open_resumed(path: Path, workload_file: str | None = None,
-                 generations: int | None = None) -> tuple[Workload, ResultsWriter]:
-    """Reopen a stopped, killed or finished run for appending (its file is opened once) with its workload: the
-    one stored in the file, or ``workload_file``, which may differ from it only in ``exploration.nsga.generations``
-    (and in where its relative inputs are: they resolve against the given file's folder).
-    ``generations`` (or that different value) extends or continues the run to that many generations."""
-    writer = open_for_append(path)
-    asked = f"--generations {generations}"
-    with closed_on_failure(writer):
-        stored = writer.workload()
-        workload = stored
-        if workload_file is not None:
-            given = load_workload(workload_file)
-            changed = [key for key in differing_keys(stored.spec, given.spec)
-                       if key not in ("exploration.nsga.generations", "results")]
-            if changed:
-                raise UserError(
-                    f"Results file {path} was written for a different workload: {given.path} differs from the "
-                    f"workload stored in it in {', '.join(changed)}. Only exploration.nsga.generations may change "
-                    "(or use --generations); resume with the stored workload (omit the workload argument) or start "
-                    "a new run.")
-            if generations is None:
-                generations = given.spec.exploration.nsga.generations
-                asked = f"exploration.nsga.generations: {generations} in {given.path}"
-            workload = given  # its inputs resolve against its own folder (e.g. another machine's weights path)
-        done = len(writer.read("generations")["evaluated"])
-        if generations is not None and generations < done:
-            raise UserError(f"{asked}: {path} already holds {done} generations, and a run "
-                            f"cannot be shortened. Give {done} or more to continue or extend it; 'qsx-batch inspect "
-                            f"{path} --generation G' shows an earlier generation.")
-        return (workload if generations is None else workload.with_generations(generations)), writer
-
-
-def run_workload(workload_file: str | None, resume: Path | None,
-                 generations: int | None) -> tuple[Workload, ResultsWriter | None]:
-    """The workload of a new run (``workload_file``, default the embedded one) or of the resumed results file
-    (:func:`open_resumed`, which also returns its writer), run for ``generations`` when given."""
-    if resume is not None:
-        return open_resumed(resume, workload_file, generations)
-    workload = load_workload(workload_file)
-    return (workload if generations is None else workload.with_generations(generations)), None
 
 
 def default_output(workload: Workload) -> Path:
@@ -87,17 +42,6 @@ def create_run(workload: Workload, problem: Problem, output: Path | None) -> Res
                           run_header(workload, problem, metric_names(workload, problem)))
 
 
-@contextmanager
-def closed_on_failure(writer: ResultsWriter | None) -> Iterator[None]:
-    """Close ``writer`` (when there is one) if the block raises, then re-raise."""
-    try:
-        yield
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        raise
-
-
 def ensure_writable(folder: Path) -> None:
     """Raise a UserError unless files can be created in ``folder`` (created when missing)."""
     try:
@@ -110,19 +54,21 @@ def ensure_writable(folder: Path) -> None:
 
 
 def run_to_end(work: Callable[[], None], executor: Executor, writer: ResultsWriter, resume_hint: str) -> int:
-    """Run ``work`` to its end; on any stop the executor is closed, the results file closed cleanly and
-    ``resume_hint`` (the command that continues) printed. Returns the exit status (130 when stopped)."""
+    """Run ``work`` to its end; on any stop (Ctrl-C, SIGTERM, a failed write such as a full disk) the executor is
+    closed, the results file closed cleanly and ``resume_hint`` (the command that continues) printed. Returns the
+    exit status (130 when stopped, 1 after a failed write)."""
     try:
         work()
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\ninterrupted ({exc or 'Ctrl-C'}); every finished evaluation is stored in {writer.path}.\n"
               f"resume with: {resume_hint}", file=sys.stderr)
         return 130
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC or "No space" in str(exc):
-            raise UserError(f"The disk holding {writer.path} is full. Evaluations finished before are stored; "
-                            f"free space and resume with: {resume_hint}") from None
-        raise
+    except Exception as exc:
+        failure = write_failure(exc)
+        if failure is None:
+            raise
+        print(f"\nerror: {failure.message(writer.path, resume_hint)}", file=sys.stderr)
+        return 1
     finally:
         executor.close()
         writer.close()

@@ -268,16 +268,21 @@ class ResultsWriter:
 
     def close(self) -> None:
         """Trim the tables to their rows, close the file and release the lock."""
-        if self.file.id.valid:
-            try:
-                for table in self._tables.values():
-                    table.trim()
-            except OSError:  # e.g. a full disk: rows beyond count are ignored by readers and trimmed on reopen
-                pass
-            self.file.close()
-        if self._lock_fd >= 0:
-            _unlock(self.path, self._lock_fd)
-            self._lock_fd = -1
+        try:
+            if self.file.id.valid:
+                try:
+                    for table in self._tables.values():
+                        table.trim()
+                except (OSError, RuntimeError):  # a full disk: rows beyond count are ignored, and trimmed on reopen
+                    pass
+                try:
+                    self.file.close()
+                except (OSError, RuntimeError):  # its last flush failed: every committed row was flushed before
+                    self.file.id.close()
+        finally:
+            if self._lock_fd >= 0:
+                _unlock(self.path, self._lock_fd)
+                self._lock_fd = -1
 
     def __enter__(self) -> ResultsWriter:
         return self

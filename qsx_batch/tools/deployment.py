@@ -24,7 +24,7 @@ import torch
 
 from ..evaluation.assembly import build_problem, probe_batch
 from ..evaluation.calibration import apply_amax
-from ..models import build_model
+from ..models import build_model, save_file
 from ..models.layers import LayerInfo
 from ..models.quantized import quant_nn, split_quantizer_state
 from ..problems import Problem, create_problem
@@ -163,9 +163,9 @@ def export_individual(run: Run, row: int, workload: Workload, problem: Problem, 
     amax = {name: q._amax.detach().cpu() for name, q in problem.quantizers} if problem.needs_calibration else {}
     settings = recipe(run, row, workload, problem, tuple(sample.shape[1:]))
     Path(f"{stem}.recipe.json").write_text(json.dumps(settings, indent=1))
-    torch.save({"format": FORMAT, "recipe_json": json.dumps(settings), "workload_yaml": workload.text,
-                "workload_path": str(workload.path), "layers": [asdict(layer) for layer in problem.layers],
-                "genome": torch.as_tensor(genome), "state_dict": weights, "amax": amax}, f"{stem}.pt")
+    save_file({"format": FORMAT, "recipe_json": json.dumps(settings), "workload_yaml": workload.text,
+               "workload_path": str(workload.path), "layers": [asdict(layer) for layer in problem.layers],
+               "genome": torch.as_tensor(genome), "state_dict": weights, "amax": amax}, Path(f"{stem}.pt"))
     files = [Path(f"{stem}.recipe.json"), Path(f"{stem}.pt")]
     refusal = onnx_refusal(settings)
     if not refusal:

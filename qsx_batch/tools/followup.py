@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import results
 from ..errors import UserError
-from ..problems import Problem
 from ..results.selection import has_choice, selected_rows
 from ..workload import Workload, load_workload
+
+if TYPE_CHECKING:
+    from ..problems import Problem
 
 
 @dataclass
@@ -36,11 +40,12 @@ class FollowUp:
                             f"with {self.run.gene_names}; use the workload of that run.")
 
 
-def load_followup(args: argparse.Namespace) -> FollowUp:
-    """Read the results file and resolve the chosen individuals (a UserError when none are chosen)."""
+def load_followup(path: Path, args: argparse.Namespace) -> FollowUp:
+    """Read the results file at ``path`` and resolve the individuals ``args`` choose (a UserError when none are
+    chosen). Without torch: a wrong path or choice is reported at once."""
     if not has_choice(args):
         raise UserError("Choose individuals: --top N (best by --by), --pareto, --index I ..., or --generation G.")
-    run = results.open(args.results)
+    run = results.open(path)
     rows = selected_rows(run, args)
     if not len(rows):
         raise UserError(f"No individual of {run.path} matches the choice; see 'qsx-batch inspect {run.path}'.")

@@ -11,11 +11,12 @@ after every epoch goes to the table; each fine-tuned model is saved as ``<out>/i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from ..evaluation.assembly import build_problem, data_budget, load_block, workload_device
 from ..evaluation.metrics import accuracy_function
 from ..interrupts import raise_if_requested
@@ -57,7 +58,8 @@ def retrain(job: FollowUp, device: str | None, epochs: int | None, out: Path | N
     out = out or job.run.path.with_name(job.run.path.stem + "-retrained")
     first = build_problem(workload, where)
     job.check_problem(first)
-    with open_for_append(job.run.path, swmr=False) as writer:
+    finished: list[int] = []
+    with open_for_append(job.run.path, swmr=False) as writer, _resumable(job, finished):
         for i, row in enumerate(job.rows):
             problem = first if i == 0 else build_problem(workload, where)  # fresh model from the weights file
             weights = out / f"individual-{row}.pt"
@@ -75,4 +77,19 @@ def retrain(job: FollowUp, device: str | None, epochs: int | None, out: Path | N
                 on_epoch=lambda r, store=store: store(r.epoch, r.loss, r.accuracy))
             save_finetuned(problem, weights, row)
             saved(int(row), weights)
+            finished.append(int(row))
     return out
+
+
+@contextmanager
+def _resumable(job: FollowUp, finished: list[int]) -> Iterator[None]:
+    """A failed write (a full disk) ends the retraining with the command that retrains the individuals left."""
+    try:
+        yield
+    except Exception as exc:
+        failure = write_failure(exc)
+        if failure is None:
+            raise
+        left = " ".join(str(int(row)) for row in job.rows if int(row) not in finished)
+        raise UserError(failure.message(job.run.path, f"qsx-batch retrain {job.run.path} --index {left} (and the "
+                                        "other options as before)")) from None

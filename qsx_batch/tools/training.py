@@ -14,7 +14,7 @@ from ..data.shards import ShardStream
 from ..errors import UserError
 from ..evaluation.assembly import data_budget, load_block, workload_device
 from ..evaluation.metrics import AccuracyFunction, accuracy_function
-from ..models import build_model, save_weights
+from ..models import build_model, save_file, save_weights
 from ..models.quantized import split_quantizer_state
 from ..problems import Problem
 from ..workload import TrainingSpec, Workload
@@ -86,10 +86,5 @@ def train_weights(workload: Workload, output: Path, on_epoch=None) -> tuple[list
 def save_finetuned(problem: Problem, path: Path, row: int) -> None:
     """Save fine-tuned fp32 weights (loadable as ``model.weights``) with the quantizer amax and the gene names."""
     weights, quantizers = split_quantizer_state(problem.model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "state_dict": weights,
-        "quantizers": quantizers,
-        "individual": int(row),
-        "gene_names": list(problem.gene_names),
-    }, path)
+    save_file({"state_dict": weights, "quantizers": quantizers, "individual": int(row),
+               "gene_names": list(problem.gene_names)}, path)

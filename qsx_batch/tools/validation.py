@@ -7,8 +7,6 @@ samples in it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..data import dataset_size
@@ -16,12 +14,11 @@ from ..errors import UserError
 from ..evaluation.assembly import build_problem, metric_names
 from ..evaluation.metrics import check_racing
 from ..search.initial_population import given_genomes
-from ..workload import Workload, load_workload
+from ..workload import Workload
 
 
-def validate_workload(path: str | Path | None) -> Workload:
-    """Load and check the workload (a UserError names the first problem); no calibration, nothing written."""
-    workload = load_workload(path)
+def validate_workload(workload: Workload) -> Workload:
+    """Check the loaded workload (a UserError names the first problem); no calibration, nothing written."""
     check_racing(workload.spec)  # resolves model.accuracy_function too
     problem = build_problem(workload, torch.device("cpu"), calibrate=False)  # model, weights, layers, settings
     given_genomes(workload.spec, problem)  # predefined_parameters, an initial_population list or CSV

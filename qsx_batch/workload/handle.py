@@ -60,6 +60,13 @@ class Workload:
                             "as retraining.datasets.validation.")
         return block
 
+    def dataset_label(self, name: str) -> str:
+        """A dataset block as the user wrote it: its role and its data, e.g. ``exploration: mnist_embedded
+        validation`` (the split, else the folder name of its path)."""
+        block = self.dataset(name)
+        data = block.split or (Path(block.path).name if block.path else "")
+        return f"{name}: {block.type} {data}".rstrip()
+
     def with_generations(self, generations: int) -> Workload:
         """The workload run for ``generations`` generations (same text: a resumed run still matches its file)."""
         nsga = self.spec.exploration.nsga.model_copy(update={"generations": generations})

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import UserError
+from ..plugins import add_workload_folder
 from .handle import Workload, default_workload_path
 from .schema import WorkloadSpec, did_you_mean
 
@@ -72,6 +73,7 @@ def parse_workload(text: str, path: Path) -> Workload:
     except ValidationError as exc:
         raise UserError(_format_errors(path, exc)) from None
     spec._folder = path.resolve().parent
+    add_workload_folder(spec._folder)  # its own modules (model.type: module:callable) are imported from there
     return Workload(spec=spec, path=path.resolve(), text=text)
 
 
