@@ -80,6 +80,21 @@ def test_calibration_is_saved_reused_and_keeps_batchnorm(tmp_path):
         assert torch.equal(q.amax, amax[name])
 
 
+@pytest.mark.parametrize("histogram_method", ["mse", "entropy", "percentile"])
+def test_histogram_calibration_runs_without_a_gpu_and_leaves_amax_on_the_evaluation_device(tmp_path,
+                                                                                          histogram_method):
+    """pytorch-quantization's mse search calls ``.cuda()``; on a CPU-only machine it runs on the CPU."""
+    data = tiny_workload_dict("quantization", tmp_path)
+    data["workload"]["calibration"].update(method="histogram", histogram_method=histogram_method)
+    problem = build_problem(load_workload(write_workload(tmp_path, data)), CPU)
+    for name, q in problem.quantizers:
+        assert q.amax.device == CPU and torch.isfinite(q.amax).all() and (q.amax > 0).all(), name
+    inputs = dict(problem.quantizers)["conv2.input"].amax
+    plain = build_problem(load_workload(write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path),
+                                                       "max.yaml")), CPU)
+    assert not torch.equal(inputs, dict(plain.quantizers)["conv2.input"].amax)  # the histogram method decided
+
+
 RANDOM_NETWORK = """
 import sys
 from qsx_batch.evaluation.assembly import CPU, build_problem, weights_digest

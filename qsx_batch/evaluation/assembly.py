@@ -169,6 +169,7 @@ def ensure_calibration(workload: Workload, problem: Problem, device: torch.devic
         if write_failure(exc):
             raise  # a full disk and its like end the command with their own message (qsx_batch.cli)
         raise UserError(f"Cannot write calibration file {path}: {exc}.") from None
+    apply_amax(problem.quantizers, amax, path, device)  # the calibrators may leave amax on another device
     return str(path), True
 
 

@@ -7,6 +7,8 @@ plain tensors keyed by quantizer name; loading sets the ``_amax`` buffers direct
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -37,7 +39,8 @@ def calibrate(model: nn.Module, quantizers: list[tuple[str, nn.Module]], samples
             kwargs = {"method": histogram_method}
             if histogram_method == "percentile":
                 kwargs["percentile"] = percentile
-            q.load_calib_amax(**kwargs, strict=False)
+            with _histogram_on_this_machine():
+                q.load_calib_amax(**kwargs, strict=False)
         else:
             q.load_calib_amax(strict=False)
         q.disable_calib()
@@ -47,6 +50,21 @@ def calibrate(model: nn.Module, quantizers: list[tuple[str, nn.Module]], samples
             raise UserError(f"Calibration of quantizer {name} gave no finite amax: the calibration data never reached it.")
     model.train(was_training)
     return amax
+
+
+@contextmanager
+def _histogram_on_this_machine() -> Iterator[None]:
+    """pytorch-quantization's histogram ``mse`` search moves its histogram to the GPU with ``.cuda()``; on a
+    machine without one that move is made a no-op, so the library's own search runs on the CPU."""
+    if torch.cuda.is_available():
+        yield
+        return
+    move = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = move
 
 
 def apply_amax(quantizers: list[tuple[str, nn.Module]], amax: dict[str, torch.Tensor], source: Path,
