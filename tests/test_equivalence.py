@@ -20,7 +20,13 @@ from qsx_batch.data import Samples
 from qsx_batch.evaluation.assembly import load_model, prepare_evaluator
 from qsx_batch.evaluation.calibration import apply_amax
 from qsx_batch.evaluation.evaluator import Evaluator
-from qsx_batch.models.quantized import InferenceTensorQuantizer, quant_nn, quantize_layers, quantizers_of
+from qsx_batch.models.quantized import (
+    InferenceTensorQuantizer,
+    QuantDescriptor,
+    quant_nn,
+    quantize_layers,
+    quantizers_of,
+)
 from qsx_batch.problems.sparsity import BlockSparsifier
 from qsx_batch.workload import load_workload
 
@@ -205,3 +211,31 @@ def test_evaluations_do_not_grow_memory(problem, request):
     for probe in probes:
         probe.remove()
     assert heap_in_use() - at_rest < 256 * 1024  # nothing is kept per individual
+
+
+def test_a_weight_is_fake_quantized_once_per_setting_and_again_when_it_changes():
+    quantizer = quant_nn.TensorQuantizer(QuantDescriptor(num_bits=4, axis=(0,)))
+    quantizer.__class__ = InferenceTensorQuantizer
+    weight = nn.Parameter(torch.randn(4, 3))
+    quantizer.register_buffer("_amax", weight.detach().abs().amax(dim=1, keepdim=True))
+    library = quant_nn.TensorQuantizer(QuantDescriptor(num_bits=4, axis=(0,)))
+
+    def expected() -> torch.Tensor:
+        library._num_bits = quantizer._num_bits
+        library.register_buffer("_amax", quantizer._amax.clone())
+        return library(weight.detach())
+
+    with torch.inference_mode():
+        first = quantizer(weight)
+        assert quantizer(weight) is first and torch.equal(first, expected())  # kept for the next batch
+        quantizer._num_bits = 2  # the next individual
+        assert torch.equal(quantizer(weight), expected()) and not torch.equal(quantizer(weight), first)
+    with torch.no_grad():
+        weight.mul_(2.0)  # new weights in place (load_state_dict, retraining)
+    quantizer.register_buffer("_amax", quantizer._amax * 2.0)  # and their calibration
+    with torch.inference_mode():
+        assert torch.equal(quantizer(weight), expected())
+    with torch.no_grad():
+        weight.add_(0.5)  # the weight alone
+    with torch.inference_mode():
+        assert torch.equal(quantizer(weight), expected())

@@ -87,7 +87,13 @@ def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_r
 class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
     """A TensorQuantizer that fake-quantizes with :func:`fake_quant` when no gradient is needed (the library
     clamps with tensor bounds, several times slower on CPU). Training, dynamic or learned amax, unsigned and
-    non-fp32 tensors keep the library's own path."""
+    non-fp32 tensors keep the library's own path.
+
+    A weight (a Parameter) is fake-quantized once per setting, not once per batch: the result is kept until the
+    weight, its amax or the bit width changes (the key holds the tensors themselves, so no freed tensor's
+    address can be mistaken for them)."""
+
+    _kept: tuple | None = None  # (weight, its version, amax, its version, bits, narrow range), fake-quantized weight
 
     def _fast(self, inputs: torch.Tensor) -> bool:
         amax = getattr(self, "_amax", None)
@@ -99,4 +105,11 @@ class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
     def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self._fast(inputs):
             return super()._quant_forward(inputs)
-        return fake_quant(inputs, self._get_amax(inputs), self._num_bits, self._narrow_range)
+        amax = self._get_amax(inputs)
+        if not isinstance(inputs, nn.Parameter):
+            return fake_quant(inputs, amax, self._num_bits, self._narrow_range)
+        key = (inputs, inputs._version, self._amax, self._amax._version, self._num_bits, self._narrow_range)
+        kept = self._kept
+        if kept is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(kept[0], key)):
+            kept = self._kept = (key, fake_quant(inputs, amax, self._num_bits, self._narrow_range))
+        return kept[1]
