@@ -18,6 +18,8 @@ from conftest import tiny_workload_dict, write_workload
 from qsx_batch import results
 from qsx_batch.cli import main
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 MISTAKES = [
     ("explore", "missing.yaml"), ("launch", "missing.yaml"), ("sensitivity", "missing.yaml"),
     ("validate", "missing.yaml"), ("calibrate", "missing.yaml"), ("train", "missing.yaml"),
@@ -103,12 +105,28 @@ def test_baselines_and_tables_name_the_data_and_the_margin(two_runs, capsys):
     assert "exploration: mnist_embedded validation" in out and "baseline: mnist_embedded test" in out
     run = results.open(paths["quantization"])
     assert f"margin: accuracy minus the bound {run.minimum_accuracy:.6g} (meets it when >= 0)" in out
+    assert "numerics   CPU, fp32 (torch " in out and "CUDA " in out and "cudnn" in run.header.versions
+
+
+@pytest.mark.parametrize("choice", ["tf32", "strict"])
+def test_gpu_math_sets_both_tf32_switches(choice, tmp_path):
+    import torch
+
+    from qsx_batch.evaluation.assembly import use_gpu_math
+    from qsx_batch.workload import load_workload
+
+    data = tiny_workload_dict("quantization", tmp_path)
+    data["workload"]["exploration"]["gpu_math"] = choice
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        use_gpu_math(load_workload(write_workload(tmp_path, data)))
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (choice == "tf32",) * 2
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 NETWORK = '''
 from qsx_batch.models.lenet5 import LeNet5
-
-pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
 
 
 def build():

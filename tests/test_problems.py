@@ -15,6 +15,8 @@ from qsx_batch.evaluation.assembly import build_problem, calibration_path, prepa
 from qsx_batch.problems.sparsity import BlockSparsifier, threshold_values
 from qsx_batch.workload import ExtraArgs, load_workload
 
+pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
+
 CPU = torch.device("cpu")
 
 
@@ -99,8 +101,6 @@ RANDOM_NETWORK = """
 import sys
 from qsx_batch.evaluation.assembly import CPU, build_problem, weights_digest
 from qsx_batch.workload import load_workload
-
-pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
 problem = build_problem(load_workload(sys.argv[1]), CPU, calibrate=False)
 print(weights_digest(problem.model))
 """

@@ -204,12 +204,20 @@ def search_datasets(workload: Workload) -> tuple[str, ...]:
     return ("exploration",) + (("baseline",) if workload.spec.exploration.datasets.baseline is not None else ())
 
 
+def use_gpu_math(workload: Workload) -> None:
+    """Set torch's TF32 switches for cuDNN and matmuls from ``exploration.gpu_math`` (they only act on a GPU)."""
+    tf32 = workload.spec.exploration.gpu_math == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def prepare_evaluator(workload: Workload, device: torch.device | None = None,
                       datasets: tuple[str, ...] | None = None) -> Evaluator:
     """Load model, calibration and the named dataset blocks (default: :func:`search_datasets`) once; names are
     short (``exploration``, ``baseline``, ``reevaluate``) or dotted workload keys. The blocks share one memory
     budget, claimed in the order named."""
     device = device or workload_device(workload)
+    use_gpu_math(workload)
     problem = build_problem(workload, device)
     budget = data_budget(workload, device)
     samples = {name: load_block(workload, workload.dataset(name), workload.dataset_key(name), device, budget)

@@ -37,6 +37,7 @@ def summary_text(run: Run) -> str:
     ]
     if not np.isnan(run.minimum_accuracy):
         lines.append(f"constraint accuracy >= {run.minimum_accuracy:.4f}")
+    lines.append(f"numerics   {_numerics(run)}")
     if run.generations.rows:
         lines.append(f"hypervolume {run.hypervolume()[-1]:.4f} of the last population "
                      f"(normalized, reference point {tuple(REFERENCE_POINT.tolist())}; --hypervolume: per generation)")
@@ -52,6 +53,20 @@ def summary_text(run: Run) -> str:
             lines.append(f"  {base['label'][i]:<14}{named[i]:<{width}}{base['accuracy'][i]:>9.4f}"
                          f"{base['samples'][i]:>9}  {base['cost'][i]:.6g}")
     return "\n".join(lines)
+
+
+def _numerics(run: Run) -> str:
+    """Where the individuals were computed and with which float math (``exploration.gpu_math`` on a GPU)."""
+    ind, versions = run.individuals, run.header.versions
+    gpus = sorted({str(g) for g in ind["gpu"] if g}) if run.count else []
+    built = f"torch {versions.get('torch', '?')}, CUDA {versions.get('cuda', '?')}, cuDNN {versions.get('cudnn', '?')}"
+    if not gpus:
+        return f"CPU, fp32 ({built})"
+    try:
+        math_ = run.workload.spec.exploration.gpu_math
+    except UserError:
+        math_ = "?"
+    return f"{', '.join(gpus)}, gpu_math {math_} ({built})"
 
 
 def _dataset_label(run: Run, name: str) -> str:

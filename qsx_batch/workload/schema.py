@@ -244,6 +244,10 @@ class ExplorationSpec(_Strict):
                               "name (e.g. written by 'qsx-batch inspect --csv'; relative to the workload file)")
     sensitivity: SensitivitySpec = SensitivitySpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_math: Literal["tf32", "strict"] = Field(
+        "tf32", description="float math of convolutions and matmuls on a GPU: tf32 (TensorFloat-32 in cuDNN and "
+                            "matmuls, faster; rounds the dequantized values to 10 bits of mantissa) or strict (IEEE "
+                            "fp32, the CPU's numbers up to summation order); stored with the run. No effect on CPU")
     data_memory_budget: int | None = Field(
         None, ge=0, description="bytes of dataset blocks a process may hold on its device (images as uint8); larger "
                                 "blocks are streamed batch by batch. Default: a quarter of the device's memory")
