@@ -52,13 +52,18 @@ class AccuracyFunction:
 
     def pairs(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(metrics, 2) correct and count of one batch, on the outputs' device. A plain number in a pair (the
-        built-ins' count) is copied there, and on a GPU that copy waits for the batch's queued work."""
+        built-ins' count) is filled in there by a kernel, not copied from the host: a copy would wait for the
+        batch's queued work on a GPU."""
         value = self.function(outputs, labels)
         pairs = value if isinstance(value, list) else [value]
+
+        def on_device(x: Any) -> torch.Tensor:
+            if isinstance(x, torch.Tensor):
+                return x.to(device=outputs.device, dtype=torch.float64)
+            return torch.full((), float(x), dtype=torch.float64, device=outputs.device)
+
         try:
-            return torch.stack([torch.stack([torch.as_tensor(c, device=outputs.device, dtype=torch.float64),
-                                             torch.as_tensor(n, device=outputs.device, dtype=torch.float64)])
-                                for c, n in pairs])
+            return torch.stack([torch.stack([on_device(c), on_device(n)]) for c, n in pairs])
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"accuracy function {self.name} returned {value!r}, not (correct, count) or a list of "
                              f"such pairs ({exc})") from None
