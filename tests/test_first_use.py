@@ -152,3 +152,36 @@ def test_a_model_module_beside_the_workload_is_imported_from_there(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qsx_batch.cli", "validate", str(workload)], cwd=elsewhere,
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and f"searched {folder}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+OTHERS = '''
+from torch import nn
+
+from qsx_batch.models.lenet5 import LeNet5
+
+
+class WithOthers(LeNet5):
+    """LeNet-5 behind a ConvTranspose2d, a layer type the quantization problem does not act on."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(1, 1, 3, padding=1)
+
+    def forward(self, x):
+        return super().forward(self.up(x))
+'''
+
+
+def test_validate_and_explore_name_the_weights_left_in_fp32(tmp_path, capsys):
+    (tmp_path / "others.py").write_text(OTHERS)
+    data = tiny_workload_dict("quantization", tmp_path, generations=1)
+    data["workload"]["model"].update(type="others:WithOthers", weights=None)
+    workload = write_workload(tmp_path, data)
+    assert main(["validate", str(workload)]) == 0
+    err = capsys.readouterr().err
+    assert "# coverage: Conv2d 2 layers (4 genes), Linear 3 layers (6 genes); 61,470 of the model's 61,479 " \
+           "weights (>99.9%)" in err
+    assert "# not searched (fp32): up (ConvTranspose2d, 9 weights)" in err
+    assert main(["explore", str(workload), "-o", str(tmp_path / "run.h5")]) == 0
+    assert "note: 1 module(s) with weights are not searched and stay fp32: up (ConvTranspose2d)" in \
+        capsys.readouterr().err

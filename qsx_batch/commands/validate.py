@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload)
     from ..tools.validation import validate_workload  # torch: once the workload loaded
 
-    workload = validate_workload(workload)
+    covered = validate_workload(workload)
     print(dump_workload(workload), end="")
+    print("\n".join(f"# {line}" for line in covered.text().splitlines()), file=sys.stderr)
     print(f"# {workload.path}: valid", file=sys.stderr)
     return 0

@@ -36,6 +36,29 @@ def target_layers(model: nn.Module, layer_types: list[str], skip: list[str]) -> 
     return found
 
 
+@dataclass(frozen=True)
+class Uncovered:
+    """A module with weights of its own that the search leaves in fp32 (a type outside ``problem.layer_types``,
+    a skipped layer, or weights an attention module uses through its functional path)."""
+
+    name: str
+    kind: str
+    weights: int
+
+
+def uncovered_layers(model: nn.Module, covered: list[str]) -> list[Uncovered]:
+    """Modules whose own parameters of two or more dimensions (matmul and convolution weights, embeddings; not
+    normalization scales) no target layer covers, in model order."""
+    out = []
+    for name, module in model.named_modules():
+        if name in covered:
+            continue
+        weights = sum(p.numel() for p in module.parameters(recurse=False) if p.dim() >= 2)
+        if weights:
+            out.append(Uncovered(name, type(module).__name__, int(weights)))
+    return out
+
+
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]

@@ -23,6 +23,7 @@ from ..executors.job_files import RunJobs
 from ..executors.local import LocalExecutor
 from ..executors.slurm import SlurmExecutor
 from ..executors.slurm_cluster import checked_settings, for_array_tasks, require_slurm_clients
+from ..models.layers import uncovered_layers
 from ..problems import Problem
 from ..store import ResultsWriter
 from ..workload import Workload
@@ -75,8 +76,7 @@ def assemble_run(workload: Workload, where: Placement, writer: ResultsWriter | N
                 check(evaluator.problem)
             if writer is None and reevaluate is None:
                 writer = create_run(workload, evaluator.problem, output)
-            if writer is not None:
-                print(f"results -> {writer.path}", file=sys.stderr)
+            _announce(writer, evaluator.problem)
             return AssembledRun(workload, evaluator.problem, LocalExecutor(evaluator), writer)
         require_slurm_clients()
         workload = for_array_tasks(workload)
@@ -96,7 +96,18 @@ def assemble_run(workload: Workload, where: Placement, writer: ResultsWriter | N
                  jobs.start(workload.name, settings.model_dump(), new=existing is None))
         executor = SlurmExecutor(workload, problem, settings, files, device=where.device, threads=where.threads,
                                  verbose=where.verbose)
-    if writer is not None:
-        print(f"results -> {writer.path}", file=sys.stderr)
+    _announce(writer, problem)
     print(f"SLURM job name {executor.job_name}; sbatch scripts and logs in {files.root}", flush=True)
     return AssembledRun(workload, problem, executor, writer, executor.log)
+
+
+def _announce(writer: ResultsWriter | None, problem: Problem) -> None:
+    """Say where the results go, and which weights the search leaves in fp32 (``validate`` shows the coverage)."""
+    if writer is not None:
+        print(f"results -> {writer.path}", file=sys.stderr)
+    left = uncovered_layers(problem.model, [layer.name for layer in problem.layers])
+    if left:
+        names = ", ".join(f"{u.name} ({u.kind})" for u in left[:8]) + (f" and {len(left) - 8} more" if len(left) > 8
+                                                                         else "")
+        print(f"note: {len(left)} module(s) with weights are not searched and stay fp32: {names}; see "
+              "problem.layer_types and skip_layers, and 'qsx-batch validate' for the coverage", file=sys.stderr)
