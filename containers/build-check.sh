@@ -83,17 +83,7 @@ run_image() {
     in_image /bin/sh /usr/local/bin/qsx-entrypoint --version
     in_image python -c 'import torch, torchvision, pytorch_quantization; print("torch", torch.__version__, "CUDA", torch.version.cuda, "torchvision", torchvision.__version__)'
     # A one-generation tiny exploration of the embedded default, through the dispatcher, as the image's user.
-    in_image python -c '
-import yaml
-from qsx_batch.workload import default_workload_path
-path = default_workload_path()
-data = yaml.safe_load(path.read_text())
-w = data["workload"]
-w["model"]["weights"] = str((path.parent / w["model"]["weights"]).resolve())
-w["exploration"]["nsga"].update(pop_size=4, offsprings=4, generations=1)
-w["exploration"]["datasets"]["exploration"]["sample_limit"] = 200
-w["exploration"]["datasets"]["baseline"]["sample_limit"] = 200
-open("/tmp/tiny.yaml", "w").write(yaml.safe_dump(data, sort_keys=False))'
+    in_image python - 1 /tmp/tiny.yaml <"$REPO/containers/tiny-workload.py"
     in_image /bin/sh /usr/local/bin/qsx-entrypoint explore /tmp/tiny.yaml --output /work/results/check.h5
     in_image /bin/sh /usr/local/bin/qsx-entrypoint inspect /work/results/check.h5
     if in_image /bin/sh /usr/local/bin/qsx-entrypoint explore /data/not-bound.yaml 2>"$STATE/missing.txt"; then

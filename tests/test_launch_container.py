@@ -1,6 +1,7 @@
 """``launch --container``: every array task runs its Python through ``apptainer exec`` (a recording stand-in).
 
 Needs the local SLURM cluster (slurm/dev/start-cluster.sh): skips without one, FAILS when CI=true.
+tests/test_apptainer_launch.py runs the same launch through the real Apptainer (containers/apptainer-check.sh).
 """
 
 from __future__ import annotations
