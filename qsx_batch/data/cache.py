@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError, write_failure
+from ..errors import UserError, write_failure, writing
 from .sources import Batch, FixedSubset, Normalization, Source, normalizer, progress
 
 FORMAT = "qsx-batch-data-cache/1"
@@ -65,24 +65,25 @@ class CacheFile:
         labels = np.empty(len(source), dtype=np.int64)
         done = 0
         try:
-            self.images_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(images_tmp, "wb") as out:
-                for inputs, batch_labels in progress(source, f"caching {what}"):
-                    array = inputs.numpy()
-                    if not done:
-                        header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-                                  "shape": (len(source), *array.shape[1:])}
-                        np.lib.format.write_array_header_1_0(out, header)
-                    out.write(array.tobytes())
-                    labels[done:done + len(batch_labels)] = batch_labels.numpy()
-                    done += len(batch_labels)
-            with open(labels_tmp, "wb") as out:
-                np.save(out, labels)
-            os.replace(labels_tmp, self.labels_path)
-            os.replace(images_tmp, self.images_path)
+            with writing(self.images_path):  # a failed write names the cache file
+                self.images_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(images_tmp, "wb") as out:
+                    for inputs, batch_labels in progress(source, f"caching {what}"):
+                        array = inputs.numpy()
+                        if not done:
+                            header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                                      "shape": (len(source), *array.shape[1:])}
+                            np.lib.format.write_array_header_1_0(out, header)
+                        out.write(array.tobytes())
+                        labels[done:done + len(batch_labels)] = batch_labels.numpy()
+                        done += len(batch_labels)
+                with open(labels_tmp, "wb") as out:
+                    np.save(out, labels)
+                os.replace(labels_tmp, self.labels_path)
+                os.replace(images_tmp, self.images_path)
         except OSError as exc:
             if write_failure(exc):  # a full disk and its like: the command's own message, with how to continue
-                raise OSError(exc.errno, exc.strerror, exc.filename or str(self.images_path)) from None
+                raise
             raise UserError(f"Cannot write the data cache {self.images_path} for {what} ({exc.strerror or exc}). "
                             "It lives in the 'data-cache' folder of the workload's results folder: free space there "
                             "or choose another 'results' folder.") from None

@@ -130,7 +130,11 @@ def calibration_fingerprint(workload: Workload, model: torch.nn.Module) -> dict:
 
 def calibration_path(workload: Workload, model: torch.nn.Module) -> Path:
     """Where the workload's calibration of ``model`` is stored (default name carries a hash of its fingerprint)."""
-    text = json.dumps(calibration_fingerprint(workload, model), sort_keys=True)
+    return _calibration_file(workload, calibration_fingerprint(workload, model))
+
+
+def _calibration_file(workload: Workload, fingerprint: dict) -> Path:
+    text = json.dumps(fingerprint, sort_keys=True)
     return workload.calibration_file(hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -148,8 +152,8 @@ def calibration_samples(workload: Workload, device: torch.device) -> Source:
 def ensure_calibration(workload: Workload, problem: Problem, device: torch.device,
                        force: bool = False) -> tuple[str, bool]:
     """Load the calibration file, or calibrate and write it when missing or ``force``; returns (path, computed)."""
-    path = calibration_path(workload, problem.model)
-    fingerprint = calibration_fingerprint(workload, problem.model)
+    fingerprint = calibration_fingerprint(workload, problem.model)  # hashes every weight: once
+    path = _calibration_file(workload, fingerprint)
     if path.exists() and not force:
         amax, stored = load_calibration(path)
         if stored and stored != fingerprint:

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from ..evaluation.record import Status
 from ..store.format import SENSITIVITY
 from . import Run
 from .pareto import REFERENCE_POINT
+
+if TYPE_CHECKING:
+    from ..workload import Workload
 
 
 def format_params(values: np.ndarray, bits: bool) -> str:
@@ -25,6 +29,7 @@ def format_params(values: np.ndarray, bits: bool) -> str:
 def summary_text(run: Run) -> str:
     """Run summary and baseline as aligned text."""
     h, ind = run.header, run.individuals
+    workload = _stored_workload(run)
     failed = int(np.sum(ind["status"] != Status.OK)) if run.count else 0
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created))
     lines = [
@@ -37,7 +42,7 @@ def summary_text(run: Run) -> str:
     ]
     if not np.isnan(run.minimum_accuracy):
         lines.append(f"constraint accuracy >= {run.minimum_accuracy:.4f}")
-    lines.append(f"numerics   {_numerics(run)}")
+    lines.append(f"numerics   {_numerics(run, workload)}")
     if run.generations.rows:
         lines.append(f"hypervolume {run.hypervolume()[-1]:.4f} of the last population "
                      f"(normalized, reference point {tuple(REFERENCE_POINT.tolist())}; --hypervolume: per generation)")
@@ -46,7 +51,7 @@ def summary_text(run: Run) -> str:
         lines.append(f"follow-ups {tables}")
     base = run.baseline
     if base.rows:
-        named = [_dataset_label(run, name) for name in base["dataset"]]
+        named = [_dataset_label(workload, name) for name in base["dataset"]]
         width = max(len(name) for name in named) + 2
         lines += ["", "baseline", f"  {'setting':<14}{'dataset':<{width}}{'accuracy':>9}{'samples':>9}  cost"]
         for i in range(base.rows):
@@ -55,24 +60,29 @@ def summary_text(run: Run) -> str:
     return "\n".join(lines)
 
 
-def _numerics(run: Run) -> str:
+def _stored_workload(run: Run) -> Workload | None:
+    """The run's workload, parsed once for the summary (None when the file's text no longer loads)."""
+    try:
+        return run.workload
+    except UserError:
+        return None
+
+
+def _numerics(run: Run, workload: Workload | None) -> str:
     """Where the individuals were computed and with which float math (``exploration.gpu_math`` on a GPU)."""
     ind, versions = run.individuals, run.header.versions
     gpus = sorted({str(g) for g in ind["gpu"] if g}) if run.count else []
     built = f"torch {versions.get('torch', '?')}, CUDA {versions.get('cuda', '?')}, cuDNN {versions.get('cudnn', '?')}"
     if not gpus:
         return f"CPU, fp32 ({built})"
-    try:
-        math_ = run.workload.spec.exploration.gpu_math
-    except UserError:
-        math_ = "?"
+    math_ = workload.spec.exploration.gpu_math if workload else "?"
     return f"{', '.join(gpus)}, gpu_math {math_} ({built})"
 
 
-def _dataset_label(run: Run, name: str) -> str:
+def _dataset_label(workload: Workload | None, name: str) -> str:
     """The stored dataset name with the data of the run's workload block (the name alone if it has none)."""
     try:
-        return run.workload.dataset_label(name)
+        return workload.dataset_label(name) if workload else name
     except UserError:
         return name
 
