@@ -62,7 +62,7 @@ def test_workers_run_in_the_real_apptainer_and_match_explore(slurm, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
     calls = log.read_text().splitlines()
-    assert len(calls) == 6  # the baseline and two generations: 4 individuals each, in 2 tasks of 2
+    assert len(calls) == 2  # the baseline and two generations: one array job of two persistent tasks
     for call in calls:
         words = call.split()
         assert words[:5] == ["exec", "--nv", "--bind", f"{tmp_path}:{tmp_path}", str(sif)]
@@ -72,7 +72,7 @@ def test_workers_run_in_the_real_apptainer_and_match_explore(slurm, tmp_path):
     # the tasks ran as the wrapper's unprivileged user, and what that user's `apptainer exec` runs is the image's
     # Python (the Apptainer root has no Python of its own; the host's is not visible in it)
     listings = sorted(tmp_path.glob("modules.*"))
-    assert [p.name for p in listings] == ["modules.0", "modules.1"]
+    assert listings and {p.name for p in listings} <= {"modules.0", "modules.1"}  # tasks that had work
     assert {p.stat().st_uid for p in listings} == {1000}
     probe = subprocess.run([str(bin_dir / "apptainer"), "exec", "--nv", "--bind", f"{tmp_path}:{tmp_path}", str(sif),
                             "python", "-c", "import os, sys, qsx_batch; print(os.getuid(), os.environ['APPTAINER_CONTAINER'], "
@@ -85,7 +85,7 @@ def test_workers_run_in_the_real_apptainer_and_match_explore(slurm, tmp_path):
 
     ind = individuals(out)
     assert set(ind["status"]) == {"ok"} and set(ind["attempt"]) == {1}
-    assert set(ind["slurm_array_task_id"]) == {0, 1} and all(ind["slurm_job_id"])
+    assert set(ind["slurm_array_task_id"]) <= {0, 1} and len(set(ind["slurm_job_id"])) == 1
     # the same genomes with the same accuracies and costs as a host explore on one CPU thread, like each task
     ref = tmp_path / "explore.h5"
     assert main(["explore", str(workload), "--output", str(ref), "--device", "cpu", "--threads", "1"]) == 0

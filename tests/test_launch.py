@@ -57,6 +57,9 @@ def launch_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qsx_batch.cli", "launch", *args]
 
 
+PER_GENERATION = ("--workers", "per-generation")
+
+
 def fault_env(value: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != FAULT}
     return env if value is None else {**env, FAULT: value}
@@ -124,7 +127,7 @@ def test_launch_records_slurm_ids_and_matches_explore(slurm, tmp_path):
     out = tmp_path / "launch.h5"
     loaded = tmp_path / "modules"  # each task of attempt 1 lists the modules it imported (worker test hook)
     done = subprocess.run(launch_command(str(workload), "--output", str(out), "--individuals-per-task", "2",
-                                         "--cpus-per-task", "1"),
+                                         "--cpus-per-task", "1", *PER_GENERATION),
                           capture_output=True, text=True, timeout=240, env=fault_env(f"modules={loaded}"))
     assert done.returncode == 0, done.stderr
     assert main(["explore", str(workload), "--output", str(tmp_path / "explore.h5"), "--device", "cpu",
@@ -179,7 +182,7 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
     from qsx_batch.evaluation.assembly import build_problem
     from qsx_batch.executors.base import EvalRequest, Stage
     from qsx_batch.executors.job_files import JobFiles
-    from qsx_batch.executors.slurm import SlurmExecutor
+    from qsx_batch.executors.slurm import StageArrays
     from qsx_batch.executors.slurm_cluster import for_array_tasks
     from qsx_batch.workload import LaunchSpec
 
@@ -192,7 +195,7 @@ def test_raising_tasks_split_arrays_retry_and_failed_records(slurm, tmp_path, mo
 
     def run(retries: int, generation: int, chosen: list[np.ndarray]) -> list:
         settings = LaunchSpec(individuals_per_task=2, max_retries=retries, time=5)
-        executor = SlurmExecutor(workload, problem, settings, JobFiles(tmp_path / "jobs", "t1"), log=logs.append,
+        executor = StageArrays(workload, problem, settings, JobFiles(tmp_path / "jobs", "t1"), log=logs.append,
                                  verbose=True)
         executor.max_array_size = 1  # as on a cluster with MaxArraySize=1: one array job per chunk
         try:
@@ -228,7 +231,8 @@ def test_evaluate_through_slurm_matches_local_retries_and_skips_stored(slurm, tm
     assert main(["evaluate", str(local), *rows]) == 0
 
     monkeypatch.setenv(FAULT, "raise")  # array task 0 raises after its first result: one individual is resubmitted
-    slurm_args = ["--partition", "cpu", "--gpus-per-task", "0", "--individuals-per-task", "2", "--threads", "2"]
+    slurm_args = ["--partition", "cpu", "--gpus-per-task", "0", "--individuals-per-task", "2", "--threads", "2",
+                  *PER_GENERATION]
     assert main(["evaluate", str(out), *rows, *slurm_args]) == 0
     err = capsys.readouterr().err
     assert "resubmitting 1 individuals" in err
@@ -259,7 +263,7 @@ def test_cancelled_task_is_resubmitted_and_timed_out_task_requeued(slurm, tmp_pa
     workload = write_workload(tmp_path, constraint={"minimum_accuracy": 0.5})
     out = tmp_path / "run.h5"
     proc = subprocess.Popen(launch_command(str(workload), "--output", str(out), "--skip-baseline",
-                                           "--individuals-per-task", "2", "--time", "5"),
+                                           "--individuals-per-task", "2", "--time", "5", *PER_GENERATION),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=fault_env("sleep=12"))
     try:
         # right after each task's first result (the task then sleeps): cancel task 0, and send task 1 the
@@ -292,7 +296,7 @@ def test_resume_after_sigkill_reuses_every_evaluation(slurm, tmp_path):
     workload = write_workload(tmp_path, generations=2, constraint={"minimum_accuracy": 0.5})
     out = tmp_path / "run.h5"
     proc = subprocess.Popen(launch_command(str(workload), "--output", str(out), "--skip-baseline",
-                                           "--individuals-per-task", "2"),
+                                           "--individuals-per-task", "2", *PER_GENERATION),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault_env("sleep=12"))
     try:
         wait_for(lambda: rows_of_task(out, 0), 120, "the first stored individual")

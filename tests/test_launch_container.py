@@ -47,7 +47,7 @@ def test_workers_run_inside_the_image(slurm, tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     calls = log.read_text().splitlines()
-    assert len(calls) == 2  # 4 individuals in tasks of 2: one array job with two tasks
+    assert len(calls) == 2  # 4 individuals, 2 per task: one array job of two persistent tasks
     for call in calls:
         words = call.split()
         assert words[:5] == ["exec", "--nv", "--bind", f"{tmp_path}:{tmp_path}", str(image)]
@@ -55,4 +55,4 @@ def test_workers_run_inside_the_image(slurm, tmp_path):
         assert Path(words[9]).is_relative_to(out.with_suffix(".jobs"))
     ind = individuals(out)
     assert len(ind["accuracy"]) == 4 and np.all(ind["status"] == "ok")
-    assert len(set(ind["slurm_array_task_id"])) == 2 and all(ind["slurm_job_id"])
+    assert len(set(ind["slurm_job_id"])) == 1 and set(ind["slurm_array_task_id"]) <= {0, 1}

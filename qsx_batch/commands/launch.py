@@ -1,4 +1,4 @@
-"""``qsx-batch launch``: the ``explore`` search with every generation evaluated as SLURM array jobs.
+"""``qsx-batch launch``: the ``explore`` search evaluated on SLURM array tasks (persistent, or per generation).
 
 The launcher assembles the run (:func:`qsx_batch.search.placement.assemble_run`: the problem built here on CPU,
 the data cache written before any task starts) and is the results file's only writer.
@@ -12,8 +12,9 @@ from pathlib import Path
 from .options import add_run_options, add_slurm_options, add_workload, placement, results_path
 
 NAME = "launch"
-HELP = "run an exploration with every generation as SLURM array jobs"
-DESCRIPTION = ("The explore search on a SLURM cluster: each generation is one array job (submitit); results stream "
+HELP = "run an exploration on SLURM array tasks"
+DESCRIPTION = ("The explore search on a SLURM cluster: one array job of persistent tasks serves the whole run "
+               "(--workers per-generation: one array job per generation; submitit); results stream "
                "into the results file as tasks report them. Options default to the workload's 'launch:' section "
                "(same names with underscores); on --resume, to the run's own settings.")
 

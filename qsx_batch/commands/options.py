@@ -70,11 +70,21 @@ def add_slurm_options(p: argparse.ArgumentParser) -> None:
     """The array-task options (one per LaunchSpec field), shared by ``launch`` and ``evaluate``."""
     g = p.add_argument_group("SLURM")
     g.add_argument("--partition", help="partition of the array tasks (default: the cluster's default partition)")
-    g.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs per task, as --gres=gpu:N (default 1; 0: CPU)")
+    g.add_argument("--workers", choices=["persistent", "per-generation"],
+                   help="persistent (default): one array job of --tasks tasks serves the whole run; per-generation: "
+                        "new array jobs for every generation")
+    g.add_argument("--tasks", type=int, metavar="N",
+                   help="persistent tasks (default: the population / --individuals-per-task, rounded up)")
+    g.add_argument("--lease", type=int, metavar="SECONDS",
+                   help="a persistent task ends when the launcher gave no sign of life for this long (default 180)")
+    g.add_argument("--gpus-per-task", type=int, metavar="N",
+                   help="GPUs per task, as --gres=gpu:N (default 1; 0: CPU); a persistent task runs one evaluator "
+                        "per GPU")
     g.add_argument("--cpus-per-task", type=int, metavar="N",
                    help="CPUs per task (default: the partition's); each task runs that many torch threads")
     g.add_argument("--individuals-per-task", type=int, metavar="N",
-                   help="individuals evaluated by one task after loading the model once (default 4)")
+                   help="per-generation: individuals one task evaluates after loading the model once; persistent: "
+                        "sets the default --tasks (default 4)")
     g.add_argument("--array-parallelism", type=int, metavar="N", help="tasks running at once (default 256)")
     g.add_argument("--time", type=int, metavar="MINUTES", help="time limit of one task in minutes (default 60)")
     g.add_argument("--mem", metavar="SIZE", help="memory per task, sbatch syntax such as 32G")

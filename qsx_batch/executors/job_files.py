@@ -6,6 +6,7 @@ Layout (the folder must be on a file system the compute nodes share)::
     <run>.jobs/<stage>-a<attempt>-<id>/         one submitit folder per array job (sbatch script, logs, pickles)
     <run>.jobs/shards-<token>/<stage>/<key>.pkl the results channel, one file per result
     <run>.jobs/evaluate-<id>/...                the same for one 'qsx-batch evaluate' on SLURM
+    <run>.jobs/pool-<token>/                    the queue of persistent tasks (:mod:`.pool_files`)
 
 ``<stage>`` is the :class:`~qsx_batch.executors.base.Stage` name: ``baseline``, ``sensitivity``, ``g0007`` (the
 generation) or ``evaluate``.

@@ -136,8 +136,9 @@ def max_array_size() -> int:
 
 
 def queued_job_ids(job_name: str) -> set[str]:
-    """Ids of this user's jobs called ``job_name`` that are still queued or running."""
-    done = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "--name", job_name, "-o", "%A"],
+    """Ids of this user's jobs called ``job_name`` that are still queued or running, one per array task
+    (``<array job>_<task>``, as submitit names them)."""
+    done = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "--name", job_name, "-o", "%i"],
                           capture_output=True, text=True)
     return set(done.stdout.split())
 

@@ -1,4 +1,5 @@
-"""The array-task side of the SLURM executor: evaluate one chunk of individuals, publish each result at once.
+"""The array-task side of the SLURM executor: evaluate one chunk of individuals, publish each result at once
+(:mod:`.pool_task`: a persistent task, which takes individuals from a queue until told to stop).
 
 A task imports only what evaluating needs (this module, :mod:`.job_files`, :mod:`qsx_batch.evaluation` and
 below): not the results store, the search, pymoo, or any command.
@@ -25,41 +26,43 @@ from .job_files import published_keys, write_result
 FAULT_ENV = "QSX_BATCH_TEST_FAULT"
 
 
-def inject_test_fault(attempt: int, position: int) -> None:
-    """Test hook, active only when ``QSX_BATCH_TEST_FAULT`` is set in the launcher's environment.
-
-    Comma-separated words, applied right after a task's first result, in submission attempt 1 and not after a
-    requeue: ``raise`` makes array task 0 raise; ``sleep=S`` waits S seconds (time for a test to scancel or
-    signal a running task); ``modules=PATH`` writes the names of the modules the task has imported to
-    ``PATH.<array task id>`` (JSON).
-    """
+def test_faults(attempt: int, position: int) -> dict[str, str]:
+    """The words of ``QSX_BATCH_TEST_FAULT`` (a test hook, set in the launcher's environment) that apply now: at
+    a task's first result (``position`` 0), in submission attempt 1 and not after a requeue."""
     spec = os.environ.get(FAULT_ENV, "")
     if not spec or attempt != 1 or position != 0 or os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
-        return
-    for word in spec.split(","):
-        name, _, value = word.partition("=")
-        if name == "sleep":
-            time.sleep(float(value))
-        elif name == "modules":
-            Path(f"{value}.{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}").write_text(json.dumps(sorted(sys.modules)))
-        elif name == "raise" and os.environ.get("SLURM_ARRAY_TASK_ID", "0") == "0":
-            raise RuntimeError(f"injected fault ({FAULT_ENV}=raise)")
+        return {}
+    return {name: value for name, _, value in (word.partition("=") for word in spec.split(","))}
 
 
-class EvaluateChunk(Checkpointable):
-    """One array task: set torch's threads (``threads``, else the task's allocation), prepare the Evaluator once,
-    then evaluate and publish the chunk one result at a time.
+def first_task() -> bool:
+    return os.environ.get("SLURM_ARRAY_TASK_ID", "0") == "0"
 
-    Checkpointable: on preemption or time-out submitit pickles this object again and requeues the task; the
-    restarted task skips every request whose result is already published.
+
+def inject_test_fault(attempt: int, position: int) -> None:
+    """Test hook, active only when ``QSX_BATCH_TEST_FAULT`` is set: comma-separated words, applied right after a
+    task's first result (:func:`test_faults`). ``raise`` makes array task 0 raise; ``sleep=S`` waits S seconds
+    (time for a test to scancel or signal a running task); ``modules=PATH`` writes the names of the modules the
+    task has imported to ``PATH.<array task id>`` (JSON). Persistent tasks know two more (:mod:`.pool_task`).
+    """
+    faults = test_faults(attempt, position)
+    if "sleep" in faults:
+        time.sleep(float(faults["sleep"]))
+    if "modules" in faults:
+        Path(f"{faults['modules']}.{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}").write_text(json.dumps(sorted(sys.modules)))
+    if "raise" in faults and first_task():
+        raise RuntimeError(f"injected fault ({FAULT_ENV}=raise)")
+
+
+class ArrayTask(Checkpointable):
+    """What every array task holds: the workload, and the device and torch threads to evaluate with.
+
+    Checkpointable: on preemption or time-out submitit pickles the object again and requeues the task, which
+    then skips what is already published.
     """
 
-    def __init__(self, workload: Workload, items: list[tuple[str, EvalRequest]], folder: Path, attempt: int,
-                 device: str | None = None, threads: int | None = None):
+    def __init__(self, workload: Workload, device: str | None = None, threads: int | None = None):
         self.workload = workload
-        self.items = items
-        self.folder = Path(folder)
-        self.attempt = attempt
         self.device = device
         self.threads = threads
 
@@ -67,6 +70,18 @@ class EvaluateChunk(Checkpointable):
         """The task's Evaluator with the named dataset blocks loaded (a subclass may score differently)."""
         add_workload_folder(self.workload.path.parent)  # unpickled, not loaded: its modules are imported from there
         return prepare_evaluator(self.workload, workload_device(self.workload, self.device), datasets)
+
+
+class EvaluateChunk(ArrayTask):
+    """One array task of a stage: set torch's threads (``threads``, else the task's allocation), prepare the
+    Evaluator once, then evaluate and publish the chunk one result at a time."""
+
+    def __init__(self, workload: Workload, items: list[tuple[str, EvalRequest]], folder: Path, attempt: int,
+                 device: str | None = None, threads: int | None = None):
+        super().__init__(workload, device, threads)
+        self.items = items
+        self.folder = Path(folder)
+        self.attempt = attempt
 
     def __call__(self) -> int:
         """Evaluate the unpublished requests of the chunk; returns how many were evaluated."""

@@ -19,14 +19,15 @@ import torch
 
 from ..evaluation.assembly import build_problem, cache_datasets, prepare_evaluator, search_datasets, workload_device
 from ..executors.base import Executor
-from ..executors.job_files import RunJobs
+from ..executors.job_files import JobFiles, RunJobs
 from ..executors.local import LocalExecutor
-from ..executors.slurm import SlurmExecutor
+from ..executors.pool import PersistentTasks
+from ..executors.slurm import SlurmExecutor, StageArrays
 from ..executors.slurm_cluster import checked_settings, for_array_tasks, require_slurm_clients
 from ..models.layers import uncovered_layers
 from ..problems import Problem
 from ..store import ResultsWriter
-from ..workload import Workload
+from ..workload import LaunchSpec, Workload
 from .run import create_run, ensure_writable
 from .start import closed_on_failure
 
@@ -94,11 +95,25 @@ def assemble_run(workload: Workload, where: Placement, writer: ResultsWriter | N
         jobs = RunJobs(reevaluate or writer.path)
         files = (jobs.evaluation() if reevaluate else
                  jobs.start(workload.name, settings.model_dump(), new=existing is None))
-        executor = SlurmExecutor(workload, problem, settings, files, device=where.device, threads=where.threads,
-                                 verbose=where.verbose)
+        executor = slurm_executor(workload, problem, settings, files, where, datasets,
+                                  expected=0 if reevaluate else _population(workload))
     _announce(writer, problem)
     print(f"SLURM job name {executor.job_name}; sbatch scripts and logs in {files.root}", flush=True)
     return AssembledRun(workload, problem, executor, writer, executor.log)
+
+
+def slurm_executor(workload: Workload, problem: Problem, settings: LaunchSpec, files: JobFiles, where: Placement,
+                   datasets: tuple[str, ...], expected: int) -> SlurmExecutor:
+    """The executor of ``settings.workers``: persistent tasks for the whole run, or array jobs per stage."""
+    common = {"device": where.device, "threads": where.threads, "verbose": where.verbose}
+    if settings.workers == "per-generation":
+        return StageArrays(workload, problem, settings, files, **common)
+    return PersistentTasks(workload, problem, settings, files, datasets=datasets, expected=expected, **common)
+
+
+def _population(workload: Workload) -> int:
+    nsga = workload.spec.exploration.nsga
+    return max(nsga.pop_size, nsga.offsprings or 0)
 
 
 def _announce(writer: ResultsWriter | None, problem: Problem) -> None:

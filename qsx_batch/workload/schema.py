@@ -303,7 +303,14 @@ class LaunchSpec(_Strict):
     """Defaults for ``qsx-batch launch`` (SLURM array jobs); the option of the same name on the command line wins."""
 
     partition: str | None = None
-    gpus_per_task: int = Field(1, ge=0, description="GPUs per array task (--gres=gpu:N); 0 for CPU-only tasks")
+    workers: Literal["persistent", "per-generation"] = Field(
+        "persistent", description="persistent: one array job serves the whole run; per-generation: new array "
+                                  "jobs for every stage")
+    tasks: int | None = Field(None, ge=1, description="persistent tasks (default: population / individuals_per_task, "
+                                                      "rounded up, at most array_parallelism)")
+    lease: int = Field(180, ge=10, description="seconds a persistent task waits for a silent launcher, then ends")
+    gpus_per_task: int = Field(1, ge=0, description="GPUs per array task (--gres=gpu:N); 0 for CPU-only tasks; a "
+                                                    "persistent task runs one evaluator per GPU")
     cpus_per_task: int | None = Field(None, ge=1, description="CPUs per array task (sbatch --cpus-per-task); "
                                                              "each task runs that many torch threads")
     individuals_per_task: int = Field(4, ge=1)
