@@ -52,8 +52,13 @@ def evaluators(jobs: Path) -> list[str]:
 
 
 def states(job: str) -> list[str]:
-    done = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True)
-    return done.stdout.split()
+    """The job's final accounting states. slurmdbd records an end a moment after squeue stops listing the job,
+    so this waits while sacct still says it runs."""
+    def ended():
+        done = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True)
+        found = done.stdout.split()
+        return found if found and not {"PENDING", "RUNNING", "COMPLETING"} & set(found) else None
+    return wait_for(ended, 30, f"the accounting of job {job} to record its end")
 
 
 def queued(job_name_file: Path) -> list[str]:

@@ -107,14 +107,21 @@ def result_key(request: EvalRequest) -> str:
     return digest.hexdigest()
 
 
-def write_result(folder: Path, key: str, result: IndividualResult, attempt: int) -> None:
-    """Publish one result atomically (temporary file + rename in the same folder)."""
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
+def write_atomically(path: Path, data: bytes, sync: bool = False) -> None:
+    """Write ``path`` under a hidden temporary name in its folder, then rename it: readers on any node see the
+    old file or the whole new one. ``sync`` flushes it to disk first (a result must survive a node crash)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        pickle.dump((result, attempt), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{key}{SUFFIX}")
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_result(folder: Path, key: str, result: IndividualResult, attempt: int) -> None:
+    """Publish one result atomically, flushed to disk."""
+    write_atomically(folder / f"{key}{SUFFIX}", pickle.dumps((result, attempt)), sync=True)
 
 
 def published_keys(folder: Path) -> set[str]:

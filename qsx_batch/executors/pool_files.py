@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .base import EvalRequest
+from .job_files import write_atomically
 
 TODO, CLAIMED = ".todo", ".claimed"
 
@@ -58,12 +59,17 @@ class Item:
 
     @property
     def stem(self) -> str:
-        return f"{self.seq:08d}~{self.stage}~{self.key}~a{self.attempt}"
+        return stem(self.seq, self.stage, self.key, self.attempt)
 
     @property
     def task(self) -> str:
         """The SLURM task (:func:`task_id`) of the evaluator holding the claim."""
         return self.worker.partition(".")[0]
+
+
+def stem(seq: int, stage: str, key: str, attempt: int) -> str:
+    """A queue file's name without its claim and suffix (zero-padded: names sort in posting order)."""
+    return f"{seq:08d}~{stage}~{key}~a{attempt}"
 
 
 def task_id(job: str, array_task: int) -> str:
@@ -88,6 +94,7 @@ class PoolFiles:
         self.notes = self.folder / "notes"
         self.lease = self.folder / "lease"
         self.stop_file = self.folder / "stop"
+        self._waiting: list[Item] = []  # unclaimed when last listed: claims try these before listing again
 
     def create(self) -> None:
         """Make the folders; a stop left by the previous launcher of the run is lifted."""
@@ -106,22 +113,27 @@ class PoolFiles:
 
     def post(self, seq: int, stage: str, key: str, attempt: int, work: Work) -> None:
         """Queue one individual (written under a temporary name, then renamed: evaluators see it whole)."""
-        item = Item("", seq, stage, key, attempt)
-        _write_atomically(self.queue / f"{item.stem}{TODO}", pickle.dumps(work))
+        write_atomically(self.queue / f"{stem(seq, stage, key, attempt)}{TODO}", pickle.dumps(work))
 
     def claim(self, worker: str, offset: int = 0) -> tuple[Item, Work] | None:
-        """Claim one waiting individual for ``worker`` (starting ``offset`` places in, so that evaluators do not
-        all race for the same file); ``None`` when nothing waits."""
-        todo = [item for item in self.items() if not item.worker]
-        start = offset % len(todo) if todo else 0
-        for item in todo[start:] + todo[:start]:
-            claimed = replace(item, name=f"{item.stem}~{worker}{CLAIMED}", worker=worker)
-            try:
-                os.rename(self.queue / item.name, self.queue / claimed.name)
-            except FileNotFoundError:  # another evaluator was first
-                continue
-            with open(self.queue / claimed.name, "rb") as f:
-                return claimed, pickle.load(f)
+        """Claim one waiting individual for ``worker``; ``None`` when nothing waits. The folder is listed again
+        only once every name of the last listing was tried, so a sweep of thousands costs each evaluator a
+        listing per round of the queue, not per claim; ``offset`` rotates a fresh listing so that evaluators do
+        not all race for the same file."""
+        for fresh in (False, True):
+            if fresh:
+                todo = [item for item in self.items() if not item.worker]
+                start = offset % len(todo) if todo else 0
+                self._waiting = todo[start:] + todo[:start]
+            while self._waiting:
+                item = self._waiting.pop(0)
+                claimed = replace(item, name=f"{item.stem}~{worker}{CLAIMED}", worker=worker)
+                try:
+                    os.rename(self.queue / item.name, self.queue / claimed.name)
+                except FileNotFoundError:  # another evaluator was first
+                    continue
+                with open(self.queue / claimed.name, "rb") as f:
+                    return claimed, pickle.load(f)
         return None
 
     def claims_of(self, worker: str) -> list[tuple[Item, Work]]:
@@ -151,7 +163,7 @@ class PoolFiles:
 
     # -- lease, stop and notes ---------------------------------------------------------------------------------
     def renew(self, counter: int) -> None:
-        _write_atomically(self.lease, f"{counter} {time.time():.0f}\n".encode())
+        write_atomically(self.lease, f"{counter} {time.time():.0f}\n".encode())
 
     def lease_value(self) -> str:
         try:
@@ -183,7 +195,7 @@ class PoolFiles:
 
     def add_array(self, job_id: str, folder: Path, tasks: list[str], round_: int) -> None:
         arrays = [*self.arrays(), {"job_id": job_id, "folder": str(folder), "tasks": tasks, "round": round_}]
-        _write_atomically(self.folder / "tasks.json", json.dumps(arrays, indent=1).encode())
+        write_atomically(self.folder / "tasks.json", json.dumps(arrays, indent=1).encode())
 
 
 class LeaseWatch:
@@ -204,10 +216,3 @@ class LeaseWatch:
             if value != self.value:
                 self.value, self.changed = value, now
         return now - self.changed > self.seconds
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
