@@ -130,7 +130,8 @@ class FixedSubset:
 
 @dataclass(eq=False)
 class Samples(FixedSubset):
-    """Inputs (uint8 images, or floats) and integer labels held in memory, used in batches of ``batch_size``."""
+    """Inputs (uint8 images, floats, or tokens) and labels (a class, or one per token) held in memory, used in
+    batches of ``batch_size``."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -167,7 +168,7 @@ class Samples(FixedSubset):
         for batch_inputs, batch_labels in progress(source, f"loading {what}"):
             if inputs is None:
                 inputs = batch_inputs.new_empty((len(source), *batch_inputs.shape[1:]))
-                labels = batch_labels.new_empty(len(source))
+                labels = batch_labels.new_empty((len(source), *batch_labels.shape[1:]))  # any label shape
             inputs[done:done + len(batch_labels)] = batch_inputs
             labels[done:done + len(batch_labels)] = batch_labels
             done += len(batch_labels)

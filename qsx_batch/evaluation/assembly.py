@@ -14,6 +14,7 @@ from ..data import MemoryBudget, Source, open_block
 from ..data.budget import memory_budget
 from ..errors import UserError, write_failure
 from ..models import build_model, load_weights
+from ..models.attention import expose_attention
 from ..models.layers import LayerInfo, profile_layers, target_layers
 from ..problems import Problem, create_problem
 from ..workload import DatasetSpec, Workload
@@ -70,6 +71,7 @@ def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
         model = build_model(mspec.type, mspec.extra_args)
     if mspec.weights:
         load_weights(model, workload.input_path(mspec.weights), mspec.type)
+    expose_attention(model)  # Q, K, V and out projections as layers; parameters and state dict unchanged
     return model.eval().to(device)
 
 

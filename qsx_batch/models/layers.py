@@ -8,19 +8,24 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .attention import InProjection
+from .functional import FunctionalUses
 
-LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
+# a MultiheadAttention's Q, K and V projections are Linear layers once exposed (.attention)
+LAYER_TYPES = {"Conv2d": (nn.Conv2d,), "Linear": (nn.Linear, InProjection)}
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One target layer: its dotted name, type, weight count, and per-sample MACs and input shape."""
+    """One target layer: its dotted name, type, weight count, and per-sample MACs and input shape; ``functional``:
+    the model passes the layer's weight to ``F.linear``/``F.conv*`` instead of calling it (:mod:`.functional`)."""
 
     name: str
     kind: str
     params: int
     macs: int
     input_shape: tuple[int, ...]
+    functional: bool = False
 
 
 def target_layers(model: nn.Module, layer_types: list[str], skip: list[str]) -> list[tuple[str, nn.Module]]:
@@ -29,7 +34,7 @@ def target_layers(model: nn.Module, layer_types: list[str], skip: list[str]) -> 
     unknown = [s for s in skip if s not in names]
     if unknown:
         raise UserError(f"problem.skip_layers names layers the model does not have: {unknown}.")
-    types = tuple(LAYER_TYPES[t] for t in layer_types)
+    types = tuple(kind for t in layer_types for kind in LAYER_TYPES[t])
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, types) and n not in skip]
     if not found:
         raise UserError(f"The model has no layers of types {layer_types} to act on (problem.layer_types).")
@@ -48,42 +53,59 @@ class Uncovered:
 
 def uncovered_layers(model: nn.Module, covered: list[str]) -> list[Uncovered]:
     """Modules whose own parameters of two or more dimensions (matmul and convolution weights, embeddings; not
-    normalization scales) no target layer covers, in model order."""
+    normalization scales) no target layer covers, in model order (an attention whose Q, K and V projections are
+    all targets is covered)."""
+    taken: dict[int, int] = {}  # parameter -> its elements that target layers cover
+    for name in covered:
+        module = model.get_submodule(name)
+        source = module.parameter() if isinstance(module, InProjection) else module.weight
+        taken[id(source)] = taken.get(id(source), 0) + module.weight.numel()
     out = []
     for name, module in model.named_modules():
         if name in covered:
             continue
-        weights = sum(p.numel() for p in module.parameters(recurse=False) if p.dim() >= 2)
+        weights = sum(p.numel() - taken.get(id(p), 0) for p in module.parameters(recurse=False) if p.dim() >= 2)
         if weights:
             out.append(Uncovered(name, type(module).__name__, int(weights)))
     return out
 
 
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one call on the profile's single sample: every output element (however the model reshaped the
+    sample, into windows or tokens) costs one weight row."""
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        return int(out[0].numel() * per_output)
-    return int(out[0].numel() // module.out_features * module.in_features * module.out_features)
+        return int(out.numel() * per_output)
+    return int(out.numel() * module.in_features)
 
 
 def profile_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], sample: torch.Tensor) -> list[LayerInfo]:
-    """Run one sample through ``model`` and record each layer's input shape and MACs per sample."""
+    """Run one sample through ``model`` and record each layer's input shape and MACs per sample. Layers it never
+    calls are looked for in a second pass among the weights it passes to ``F.linear``/``F.conv*`` itself."""
     seen: dict[str, LayerInfo] = {}
     handles = []
+    functional: set[str] = set()
     for name, module in layers:
         def hook(mod, inputs, output, name=name):
             kind = "Conv2d" if isinstance(mod, nn.Conv2d) else "Linear"
-            seen[name] = LayerInfo(name, kind, int(mod.weight.numel()), _macs(mod, output), tuple(inputs[0].shape[1:]))
+            x = inputs[0]  # the sample's, or (reshaped by the model) its windows' or tokens' rows
+            seen[name] = LayerInfo(name, kind, int(mod.weight.numel()), _macs(mod, output),
+                                   tuple(x.shape[1:] if x.shape[0] == 1 else x.shape), name in functional)
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.inference_mode():
             model(sample[:1])
+            functional.update(n for n, _ in layers if n not in seen)
+            if functional:
+                with FunctionalUses(model, sorted(functional)):
+                    model(sample[:1])
     finally:
         for h in handles:
             h.remove()
     missing = [n for n, _ in layers if n not in seen]
     if missing:
-        raise UserError(f"Layers {missing} are never called in the model's forward pass; add them to problem.skip_layers.")
+        raise UserError(f"Layers {missing} are never called in the model's forward pass, nor is their weight used "
+                        "through F.linear or F.conv*; add them to problem.skip_layers.")
     return [seen[n] for n, _ in layers]
 
 

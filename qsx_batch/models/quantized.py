@@ -1,5 +1,6 @@
-"""Fake-quantized layers: Conv2d/Linear swapped for pytorch-quantization's QuantConv2d/QuantLinear, their
-TensorQuantizers named, and a faster quantizer for inference with the same numbers."""
+"""Fake-quantized layers: Conv2d/Linear swapped for pytorch-quantization's QuantConv2d/QuantLinear (an attention's
+Q, K, V projections for a twin with the same quantizers), their TensorQuantizers named, and a faster quantizer for
+inference with the same numbers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from absl import logging as absl_logging
     from pytorch_quantization import nn as quant_nn
+    from pytorch_quantization.nn.modules._utils import QuantMixin
     from pytorch_quantization.tensor_quant import QuantDescriptor
 
+import torch.nn.functional as F
+
+from .attention import InProjection
 from .layers import set_submodule
 
 absl_logging.set_verbosity(absl_logging.ERROR)
@@ -27,9 +32,25 @@ def _descriptors(calib_method: str) -> tuple[QuantDescriptor, QuantDescriptor]:
     )
 
 
+class QuantInProjection(InProjection, QuantMixin):
+    """An attention's Q, K or V projection with an input and a weight quantizer, as QuantLinear has."""
+
+    def __init__(self, attention: nn.MultiheadAttention, role: str, desc_in: QuantDescriptor,
+                 desc_w: QuantDescriptor):
+        super().__init__(attention, role)
+        self.init_quantizer(desc_in, desc_w)  # the library allows it only from an __init__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._input_quantizer(x), self._weight_quantizer(self.weight), self.bias)
+
+
 def to_quant_module(module: nn.Module, calib_method: str) -> nn.Module:
-    """A QuantConv2d/QuantLinear with ``module``'s configuration and weights."""
+    """A QuantConv2d/QuantLinear with ``module``'s configuration and weights (a :class:`QuantInProjection` on
+    the same attention for a Q, K or V projection)."""
     desc_in, desc_w = _descriptors(calib_method)
+    if isinstance(module, InProjection):
+        new = QuantInProjection(module._attention, module.role, desc_in, desc_w)
+        return new.to(module.weight.device)
     if isinstance(module, nn.Conv2d):
         new = quant_nn.QuantConv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,

@@ -8,6 +8,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import UserError
+from ..models.functional import route_functional_uses
 from ..models.layers import LayerInfo
 from ..workload import WorkloadSpec
 
@@ -32,6 +33,8 @@ class Problem(ABC):
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         self.model = model
         self.layers = layers
+        # layers the model uses through F.linear/F.conv* run as layer calls from now on (quantizers, hooks)
+        route_functional_uses(model, [layer.name for layer in layers if layer.functional])
         # (name, TensorQuantizer) of every quantizer a genome sets, in forward order; none unless the problem
         # quantizes
         self.quantizers: list[tuple[str, nn.Module]] = []

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..evaluation.assembly import build_problem, probe_batch
 from ..evaluation.calibration import apply_amax
 from ..models import build_model, save_file
+from ..models.attention import ProjectedAttention, expose_attention
 from ..models.layers import LayerInfo
 from ..models.quantized import quant_nn, split_quantizer_state
 from ..problems import Problem, create_problem
@@ -54,6 +56,7 @@ def recipe(run: Run, row: int, workload: Workload, problem: Problem, input_shape
 
 
 ONNX_WIDTHS = {8: 13, 4: 21}  # bits -> the lowest opset whose QuantizeLinear takes that integer type
+ATTENTION_OPSET = 14  # the first that expresses scaled_dot_product_attention
 
 
 def onnx_refusal(settings: dict) -> str:
@@ -68,9 +71,21 @@ def onnx_refusal(settings: dict) -> str:
 
 
 def quantizer_call_order(problem: Problem, sample: torch.Tensor) -> list[str]:
-    """The enabled quantizers' names in the order a forward pass runs them (the order of the exported Q/DQ pairs)."""
+    """The enabled quantizers' names in the order a forward pass runs them: the order of the exported Q/DQ pairs.
+    A quantizer that quantizes the very tensor an earlier one did, with the same amax and bits (an attention's
+    Q, K and V inputs), is left out: the exporter merges their identical pairs into one."""
     order: list[str] = []
-    handles = [q.register_forward_pre_hook(lambda module, inputs, name=name: order.append(name))
+    earlier: list[tuple[torch.Tensor, nn.Module]] = []
+
+    def seen(q: nn.Module, x: torch.Tensor) -> bool:
+        return any(x is y and p._num_bits == q._num_bits and torch.equal(p._amax, q._amax) for y, p in earlier)
+
+    def record(q, inputs, name):
+        if not seen(q, inputs[0]):
+            order.append(name)
+        earlier.append((inputs[0], q))
+
+    handles = [q.register_forward_pre_hook(lambda q, inputs, name=name: record(q, inputs, name))
                for name, q in problem.quantizers if q._disabled is False]
     try:
         with torch.inference_mode():
@@ -84,10 +99,12 @@ def quantizer_call_order(problem: Problem, sample: torch.Tensor) -> list[str]:
 def write_onnx(problem: Problem, sample: torch.Tensor, path: Path, settings: dict) -> None:
     """Export the configured model with a QuantizeLinear/DequantizeLinear pair per enabled quantizer. 4-bit
     quantizers are exported as 8-bit ones, then their pairs get int4 zero points and scales ``amax / 7`` at
-    opset 21."""
+    opset 21. A model with attention needs opset 14 at least."""
     import onnx
 
     model = problem.model.cpu().eval()
+    attention = any(isinstance(m, ProjectedAttention) for m in model.modules())
+    opset = max(ONNX_WIDTHS[8], ATTENTION_OPSET if attention else 0)
     bits = {q["name"]: q["bits"] for q in settings["quantizers"]}
     narrow = {name: q for name, q in problem.quantizers if bits[name] == 4}
     order = quantizer_call_order(problem, sample.cpu())
@@ -98,7 +115,7 @@ def write_onnx(problem: Problem, sample: torch.Tensor, path: Path, settings: dic
     try:
         with warnings.catch_warnings():  # the tracer notes that amax becomes a constant: intended here
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, (sample.cpu(),), str(path), opset_version=ONNX_WIDTHS[8], dynamo=False,
+            torch.onnx.export(model, (sample.cpu(),), str(path), opset_version=opset, dynamo=False,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     finally:
@@ -106,14 +123,15 @@ def write_onnx(problem: Problem, sample: torch.Tensor, path: Path, settings: dic
         for q in narrow.values():
             q._num_bits = 4
     if narrow:
-        graph = onnx.load(str(path))
+        # opset 21 for int4, through onnx's converter: later opsets changed other operators too (ReduceMean)
+        graph = onnx.version_converter.convert_version(onnx.load(str(path)), ONNX_WIDTHS[4])
         narrow_to_int4(graph, order, {name: q._amax.detach().cpu().flatten().numpy() for name, q in narrow.items()})
         onnx.save(graph, str(path))
 
 
 def narrow_to_int4(model, order: list[str], amax: dict[str, np.ndarray]) -> None:
-    """Give the Q/DQ pairs of the quantizers in ``amax`` (named by ``order``, the pairs' order in the graph) int4
-    zero points and scales ``amax / 7``, and raise the model to opset 21."""
+    """Give the Q/DQ pairs of the quantizers in ``amax`` (named by ``order``, the pairs' order in the graph) of an
+    opset-21 model int4 zero points and scales ``amax / 7``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -145,9 +163,7 @@ def narrow_to_int4(model, order: list[str], amax: dict[str, np.ndarray]) -> None
             shape = dims(pair.input[1])
             replace(pair.input[1], numpy_helper.from_array(scale.reshape(shape), pair.input[1]))
             replace(pair.input[2], helper.make_tensor(pair.input[2], TensorProto.INT4, shape, [0] * scale.size))
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, ONNX_WIDTHS[4])
+    del graph.value_info[:]  # the converter's inferred types say int8 where the pairs now hold int4
     model.ir_version = max(model.ir_version, 10)
     onnx.checker.check_model(model)
 
@@ -197,6 +213,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch
     spec = workload.spec
     model = build_model(spec.model.type, spec.model.extra_args)
     model.load_state_dict(bundle["state_dict"])
+    expose_attention(model)
     layers = [LayerInfo(**{**layer, "input_shape": tuple(layer["input_shape"])}) for layer in bundle["layers"]]
     problem = create_problem(spec, model.eval().to(device), layers)
     if problem.needs_calibration:

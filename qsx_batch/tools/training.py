@@ -38,9 +38,18 @@ def accuracy_on(model: nn.Module, samples: Source, metric: AccuracyFunction) -> 
     return float(totals[0, 0] / max(float(totals[0, 1]), 1.0)) if totals is not None else float("nan")
 
 
+def classes_second(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Outputs laid out as cross-entropy wants them, classes second: a language model's (N, L, vocabulary), whose
+    labels are (N, L), becomes (N, vocabulary, L); a classifier's (N, C) or a segmenter's (N, C, H, W) stays."""
+    if outputs.dim() > 2 and tuple(outputs.shape[:-1]) == tuple(labels.shape):
+        return outputs.movedim(-1, 1)
+    return outputs
+
+
 def fit(model: nn.Module, spec: TrainingSpec, train: Source | ShardStream, validation: Source | None, seed: int,
         metric: AccuracyFunction, on_epoch=None) -> list[EpochReport]:
-    """Adam with cross-entropy over shuffled mini-batches; returns loss and accuracy per epoch."""
+    """Adam with cross-entropy (per token for a sequence model) over shuffled mini-batches; returns loss and
+    accuracy per epoch."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -50,7 +59,7 @@ def fit(model: nn.Module, spec: TrainingSpec, train: Source | ShardStream, valid
         total, seen = 0.0, 0
         for inputs, labels in train.epoch(generator):
             optimizer.zero_grad()
-            loss = loss_fn(model(inputs), labels)
+            loss = loss_fn(classes_second(model(inputs), labels), labels)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(labels)
