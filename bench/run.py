@@ -38,6 +38,7 @@ from qsx_batch.evaluation.evaluator import Evaluator
 from qsx_batch.evaluation.record import IndividualResult
 from qsx_batch.executors.local import LocalExecutor
 from qsx_batch.models import build_model
+from qsx_batch.models.attention import expose_attention
 from qsx_batch.models.layers import profile_layers, target_layers
 from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
 from qsx_batch.search.nsga import Search, SearchOptions, run_header
@@ -66,18 +67,21 @@ FULL_CASES = [
     Case("lenet5_mnist_28", "lenet5", 28, 1000, 500),
     Case("resnet18_32", "resnet18", 32, 512, 128),
     Case("resnet18_224", "resnet18", 224, 16, 8),
+    Case("vit_b_16_224", "vit_b_16", 224, 8, 4),
 ]
 QUICK_CASES = [
     Case("lenet5_mnist_28", "lenet5", 28, 1000, 500),
     Case("resnet18_32", "resnet18", 32, 128, 64),
     Case("resnet18_224", "resnet18", 224, 4, 4),
+    Case("vit_b_16_224", "vit_b_16", 224, 4, 4),
 ]
 
 
 # -- building the cases --------------------------------------------------------------------------------------------
 def case_inputs(case: Case, device: torch.device) -> tuple[nn.Module, Samples]:
     """The fp32 network and its preloaded samples: LeNet-5 with the embedded MNIST digits and trained weights of
-    the default workload, ResNet-18 with random weights and random images (timing does not depend on them)."""
+    the default workload, ResNet-18 and ViT-B/16 with random weights and random images (timing does not depend on
+    them). The network is torch's own: plain inference takes its fused attention kernels."""
     if case.model == "lenet5":
         workload = load_workload(QUANT_WORKLOAD)
         block = workload.spec.exploration.datasets.exploration.model_copy(
@@ -104,6 +108,7 @@ def problem_for(kind: str, model: nn.Module, samples: Samples, device: torch.dev
 def evaluator_for(kind: str, case: Case, device: torch.device) -> Evaluator:
     """An Evaluator (the one scoring path of qsx-batch) of a fresh copy of the case's network."""
     model, samples = case_inputs(case, device)
+    expose_attention(model)  # as load_model does for a search: attention projections as layers
     return Evaluator(problem_for(kind, model, samples, device), {"exploration": samples}, device)
 
 
