@@ -18,6 +18,7 @@ from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.evaluation.assembly import prepare_evaluator
 from qsx_batch.models.attention import ProjectedAttention, expose_attention
+from qsx_batch.problems.sparsity import tiles_per_sample
 from qsx_batch.tools.deployment import load_exported
 from qsx_batch.tools.validation import coverage
 from qsx_batch.workload import load_workload
@@ -208,7 +209,13 @@ def test_sparsity_thresholds_reach_layers_used_through_f_linear(tmp_path):
     assert [problem.layers[i].name for i in functional] == [f"blocks.{b}.attention.{p}" for b in (0, 1)
                                                             for p in ("qkv", "proj")]
     result = evaluator.evaluate(np.full(len(problem.gene_names), 4.0))  # the highest threshold everywhere
-    assert all(result.blocks_total[i] > 0 and result.blocks_created[i] > 0 for i in functional)
+    assert all(result.blocks_created[i] > 0 for i in functional)
+    # tokens x features tiles of 4 x 4: the profiled input shapes count what the hooks saw, layer by layer
+    assert problem.layers[1].input_shape == (50, 32)  # 49 patches and the class token
+    assert list(result.blocks_total) == [result.samples * tiles_per_sample(layer.input_shape, (4, 4),
+                                                                           layer.kind == "Linear")
+                                         for layer in problem.layers]
+    assert result.blocks_total[1] == result.samples * 13 * 8
 
 
 @pytest.mark.quick

@@ -27,7 +27,7 @@ from qsx_batch.models.quantized import (
     quantize_layers,
     quantizers_of,
 )
-from qsx_batch.problems.sparsity import BlockSparsifier
+from qsx_batch.problems.sparsity import BlockSparsifier, tiles_per_sample
 from qsx_batch.workload import load_workload
 
 pytestmark = pytest.mark.quick  # part of the first check (README: Tests)
@@ -109,14 +109,19 @@ def test_inference_quantizer_keeps_the_library_gradient():
 
 
 # -- sparsity ----------------------------------------------------------------------------------------------------
-def reference_sparsify(x: torch.Tensor, block: tuple[int, int], threshold: float) -> tuple[torch.Tensor, int, int, int]:
+def reference_sparsify(x: torch.Tensor, block: tuple[int, int], threshold: float,
+                       linear: bool = False) -> tuple[torch.Tensor, int, int, int]:
     """Plain tiling, one tile at a time: windows of ``block`` = (rows, columns) of each sample's channel for a
-    feature map, runs of rows x columns features of each flattened sample otherwise; edge tiles are partial.
-    Returns the sparsified input and the numbers of tiles, tiles already zero, and tiles the threshold newly
-    zeroed."""
+    feature map; of each (tokens, features) matrix of a Linear input with tokens (every leading dimension apart);
+    runs of rows x columns features of each flattened sample otherwise; edge tiles are partial. Returns the
+    sparsified input and the numbers of tiles, tiles already zero, and tiles the threshold newly zeroed."""
     out = x.clone()
-    grid = out if x.dim() == 4 else out.reshape(x.shape[0], 1, 1, -1)
-    tile_h, tile_w = block if x.dim() == 4 else (1, block[0] * block[1])
+    if linear and x.dim() >= 3:
+        grid, (tile_h, tile_w) = out.reshape(-1, 1, x.shape[-2], x.shape[-1]), block
+    elif x.dim() == 4 and not linear:
+        grid, (tile_h, tile_w) = out, block
+    else:
+        grid, (tile_h, tile_w) = out.reshape(x.shape[0], 1, 1, -1), (1, block[0] * block[1])
     total = already = created = 0
     for n in range(grid.shape[0]):
         for c in range(grid.shape[1]):
@@ -132,18 +137,22 @@ def reference_sparsify(x: torch.Tensor, block: tuple[int, int], threshold: float
     return out, total, already, created
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 10), (3, 2, 2, 3), (2, 3, 2, 9), (3, 40), (2, 16), (3, 10), (2, 4, 9)])
+@pytest.mark.parametrize("shape, linear", [
+    ((2, 3, 8, 8), False), ((2, 3, 7, 10), False), ((3, 2, 2, 3), False), ((2, 3, 2, 9), False), ((3, 40), True),
+    ((2, 16), True), ((3, 10), True), ((2, 4, 9), False),
+    ((2, 9, 10), True), ((3, 2, 6), True), ((2, 5, 3, 9), True), ((4, 7, 8), True)])  # tokens x features
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.2])
 @pytest.mark.parametrize("block", [(4, 4), (2, 5)])
-def test_block_hook_matches_plain_tiling(shape, threshold, block):
+def test_block_hook_matches_plain_tiling(shape, linear, threshold, block):
     torch.manual_seed(len(shape) * 100 + shape[-1])
     x = torch.randn(shape)
     x[0].view(-1)[: x[0].numel() // 2] = 0.0  # whole zero tiles in the first sample
-    hook = BlockSparsifier(block, CPU)
+    hook = BlockSparsifier(block, CPU, linear)
     hook.threshold = threshold
     returned = hook(None, (x,))
     out = x if returned is None else returned[0]
-    expected, total, already, created = reference_sparsify(x, block, threshold)
+    expected, total, already, created = reference_sparsify(x, block, threshold, linear)
+    assert total == x.shape[0] * tiles_per_sample(tuple(x.shape[1:]), block, linear)
     assert out.shape == x.shape and torch.equal(out, expected)
     assert (int(hook.total), int(hook.already)) == (total, already)
     assert int(hook.below) - min(int(hook.below), already) == created

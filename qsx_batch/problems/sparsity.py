@@ -1,13 +1,16 @@
-"""Per-layer thresholds that zero small blocks of each target layer's input feature map.
+"""Per-layer thresholds that zero small blocks of each target layer's input.
 
 Tiling: the input of a Conv2d (N, C, H, W) is cut per sample and channel into spatial tiles of ``bh`` rows and
 ``bw`` columns of the feature map (``block_size: B`` is B x B, ``block_size: [w, h]`` is h rows of w columns; edge
-tiles are partial); the input of a Linear layer (N, F) into runs of ``bh * bw`` consecutive features. A tile's
-magnitude is its largest absolute value: a tile whose magnitude is below the layer's threshold is set to zero. Per
-layer we count tiles already zero before thresholding and tiles the threshold newly zeroed ("created"). All of it
-is batched tensor code with counters kept on the device: the input is viewed tile by tile (zero-padded to whole
-tiles) and reduced with ``amax``, and the per-tile mask is broadcast back over the rows of each tile without
-materializing a full-size mask.
+tiles are partial). The input of a Linear layer is cut over its last two dimensions, tokens x features: ``bh``
+consecutive tokens (rows of the second-to-last dimension: a transformer's tokens or windows' tokens, the
+positions along a row of a channels-last map) by ``bw`` consecutive features; every other leading dimension
+(samples, windows, map rows) separates tiles. A Linear input of one feature vector per sample (N, F) is cut into
+runs of ``bh * bw`` consecutive features. A tile's magnitude is its largest absolute value: a tile whose magnitude
+is below the layer's threshold is set to zero. Per layer we count tiles already zero before thresholding and tiles
+the threshold newly zeroed ("created"). All of it is batched tensor code with counters kept on the device: the
+input is viewed tile by tile (zero-padded to whole tiles) and reduced with ``amax``, and the per-tile mask is
+broadcast back over the rows of each tile without materializing a full-size mask.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ def threshold_values(extra: ExtraArgs) -> np.ndarray | None:
     return None
 
 
-def tiles_per_sample(shape: tuple[int, ...], block: tuple[int, int]) -> int:
-    """Tiles of one sample's layer input of ``shape`` (C, H, W or any other) for a (height, width) tile."""
+def tiles_per_sample(shape: tuple[int, ...], block: tuple[int, int], linear: bool = False) -> int:
+    """Tiles of one sample's layer input of ``shape`` for a (height, width) tile: a Conv2d's (C, H, W) map, a
+    Linear layer's (..., tokens, features) or (features,) input."""
     bh, bw = block
-    if len(shape) == 3:
+    if linear and len(shape) >= 2:
+        *groups, tokens, features = shape
+        return int(np.prod(groups, dtype=np.int64)) * -(-tokens // min(bh, tokens)) * -(-features // min(bw, features))
+    if len(shape) == 3 and not linear:
         c, h, w = shape
         return c * -(-h // min(bh, h)) * -(-w // min(bw, w))
     features = int(np.prod(shape))
@@ -48,10 +55,12 @@ def tiles_per_sample(shape: tuple[int, ...], block: tuple[int, int]) -> int:
 
 
 class BlockSparsifier:
-    """A forward pre-hook that zeroes sub-threshold tiles of a layer's input and counts tiles."""
+    """A forward pre-hook that zeroes sub-threshold tiles of a layer's input and counts tiles (``linear``: the
+    input of a Linear layer, tiled tokens x features)."""
 
-    def __init__(self, block: tuple[int, int], device: torch.device):
+    def __init__(self, block: tuple[int, int], device: torch.device, linear: bool = False):
         self.block = block
+        self.linear = linear
         self.threshold = 0.0
         self.total = torch.zeros((), dtype=torch.long, device=device)
         self.already = torch.zeros((), dtype=torch.long, device=device)
@@ -61,9 +70,21 @@ class BlockSparsifier:
         for counter in (self.total, self.already, self.below):
             counter.zero_()
 
+    def _tokens(self, x: torch.Tensor) -> bool:
+        return self.linear and x.dim() >= 3
+
     def tiles(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` zero-padded to whole tiles and viewed tile by tile: (N, C, H/bh, bh, W/bw, bw) for a feature map,
-        (N, F/(bh*bw), bh*bw) for any other input (flattened per sample). A side shorter than a tile is one tile."""
+        (G, L/bh, bh, F/bw, bw) for tokens x features (G: all leading dimensions), (N, F/(bh*bw), bh*bw) for any
+        other input (flattened per sample). A side shorter than a tile is one tile."""
+        if self._tokens(x):
+            rows = x.reshape(-1, x.shape[-2], x.shape[-1])
+            bh, bw = min(self.block[0], rows.shape[1]), min(self.block[1], rows.shape[2])
+            pad_l, pad_f = -rows.shape[1] % bh, -rows.shape[2] % bw
+            if pad_l or pad_f:
+                rows = F.pad(rows, (0, pad_f, 0, pad_l))
+            g, length, features = rows.shape
+            return rows.reshape(g, length // bh, bh, features // bw, bw)
         if x.dim() == 4:
             bh, bw = min(self.block[0], x.shape[2]), min(self.block[1], x.shape[3])
             pad_h, pad_w = -x.shape[2] % bh, -x.shape[3] % bw
@@ -79,21 +100,30 @@ class BlockSparsifier:
         return flat.reshape(flat.shape[0], -1, run)
 
     @staticmethod
-    def magnitudes(tiles: torch.Tensor) -> torch.Tensor:
+    def _rows_axis(tiles: torch.Tensor) -> int | None:
+        """The axis of the rows within a tile, after the last axis is reduced (None: a tile is one run)."""
+        return {6: 3, 5: 2}.get(tiles.dim())
+
+    @classmethod
+    def magnitudes(cls, tiles: torch.Tensor) -> torch.Tensor:
         """Largest absolute value of every tile (zero padding never raises it)."""
         mags = tiles.abs().amax(-1)
-        return mags.amax(3) if tiles.dim() == 6 else mags
+        axis = cls._rows_axis(tiles)
+        return mags if axis is None else mags.amax(axis)
 
-    @staticmethod
-    def spread(keep: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def spread(cls, keep: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
         """The 0/1 per-tile mask laid out along each tile's last axis, to broadcast over ``tiles`` (a
         contiguous inner run per row of tiles multiplies several times faster than a stride-0 one)."""
         mask = keep.to(tiles.dtype).unsqueeze(-1).expand(*keep.shape, tiles.shape[-1]).contiguous()
-        return mask.unsqueeze(3) if tiles.dim() == 6 else mask
+        axis = cls._rows_axis(tiles)
+        return mask if axis is None else mask.unsqueeze(axis)
 
-    @staticmethod
-    def untile(tiles: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def untile(self, tiles: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Tiles back in the shape of the input ``like``, padding cut off."""
+        if self._tokens(like):
+            g, rows, bh, cols, bw = tiles.shape
+            return tiles.reshape(g, rows * bh, cols * bw)[:, : like.shape[-2], : like.shape[-1]].reshape(like.shape)
         if like.dim() == 4:
             n, c, rows, bh, cols, bw = tiles.shape
             return tiles.reshape(n, c, rows * bh, cols * bw)[:, :, : like.shape[2], : like.shape[3]]
@@ -127,7 +157,7 @@ class SparsityProblem(Problem):
         self.steps = threshold_values(extra)
         self.limit = extra.threshold_limit
         self.block_shape = extra.block_shape
-        self.hooks = [BlockSparsifier(self.block_shape, device) for _ in layers]
+        self.hooks = [BlockSparsifier(self.block_shape, device, layer.kind == "Linear") for layer in layers]
         self.handles = [
             model.get_submodule(layer.name).register_forward_pre_hook(hook) for layer, hook in zip(layers, self.hooks)
         ]
@@ -179,7 +209,8 @@ class SparsityProblem(Problem):
             hook.reset()
 
     def blocks_per_sample(self) -> float:
-        return float(sum(tiles_per_sample(layer.input_shape, self.block_shape) for layer in self.layers))
+        return float(sum(tiles_per_sample(layer.input_shape, self.block_shape, layer.kind == "Linear")
+                         for layer in self.layers))
 
     def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per layer: tiles seen, tiles already zero, tiles newly zeroed since the last ``configure``."""

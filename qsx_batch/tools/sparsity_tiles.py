@@ -68,8 +68,9 @@ def block_stats(workload: Workload, device: torch.device | None = None, block_si
 
 def stats_text(stats: BlockStats) -> str:
     """An aligned table of the per-layer counts."""
-    lines = [f"blocks of {stats.block_label} (width x height; Linear: runs of "
-             f"{stats.block_shape[0] * stats.block_shape[1]} features) "
+    height, width = stats.block_shape
+    lines = [f"blocks of {stats.block_label} (width x height; Linear: {height} tokens x {width} features, or runs "
+             f"of {height * width} features) "
              f"over {stats.samples} exploration samples, all thresholds 0",
              f"  {'layer':<16}{'input':>14}{'per sample':>12}{'total':>12}{'already zero':>14}{'share':>8}"]
     for r in stats.rows():
