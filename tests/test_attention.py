@@ -4,6 +4,8 @@ real MNIST digits and torchvision's vit_b_16 and swin_t on generated JPEGs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.evaluation.assembly import prepare_evaluator
+from qsx_batch.models import load_weights
 from qsx_batch.models.attention import ProjectedAttention, expose_attention
 from qsx_batch.problems.sparsity import tiles_per_sample
 from qsx_batch.tools.deployment import load_exported
@@ -141,6 +144,17 @@ def test_a_trained_tiny_vit_explores_end_to_end_and_2_bit_attention_costs_accura
     fp32, at_8, at_2 = (evaluator.evaluate(genome).accuracy for genome in (None, eight, two))
     assert abs(at_8 - fp32) < 0.05 and at_2 < at_8 - 0.05
 
+    # retraining fine-tunes through the projections' quantizers into torch's in_proj_weight
+    ok = np.flatnonzero(run.individuals["status"] == "ok")
+    worst = int(ok[np.argmin(run.individuals["accuracy"][ok])])
+    assert main(["retrain", str(run.path), "--index", str(worst), "--epochs", "1"]) == 0
+    table = results.open(run.path).follow_ups["retraining"]
+    assert list(table["epoch"]) == [0, 1] and table["accuracy"][1] > table["accuracy"][0]
+    retrained, base = tiny_vit("mha"), tiny_vit("mha")
+    load_weights(retrained, Path(str(table["weights"][1])), "attention_models:tiny_vit")  # a plain model loads it
+    load_weights(base, Path(trained_vit["workload"]["model"]["weights"]), "attention_models:tiny_vit")
+    assert not torch.equal(retrained.blocks[0].attention.in_proj_weight, base.blocks[0].attention.in_proj_weight)
+
 
 @pytest.mark.parametrize("name", ["vit_b_16", "swin_t"])
 def test_torchvision_transformers_explore_with_genes_on_every_attention(tmp_path, name):
@@ -240,3 +254,39 @@ def test_a_tiny_vit_with_quantized_attention_exports_to_pytorch_and_onnx(tmp_pat
     ops = [node.op_type for node in onnx.load(tmp_path / "export" / f"individual-{eight}.onnx").graph.node]
     # a pair per quantizer, but Q, K and V quantize the same tensor with the same amax: one pair for the three
     assert ops.count("QuantizeLinear") == len(run.gene_names) - 2 * 2
+
+
+@pytest.mark.quick
+def test_attention_matmuls_are_genes_when_asked_for_and_count_in_the_cost(tmp_path):
+    data = vit_workload(tmp_path, "mha")
+    data["workload"]["problem"]["layer_types"] = ["Conv2d", "Linear", "AttentionMatmul"]
+    data["workload"]["exploration"]["extra_args"] = {"bit_weighting_function": "bitops"}
+    workload = load_workload(write_workload(tmp_path, data))
+    evaluator = prepare_evaluator(workload, CPU, ("exploration",))
+    problem = evaluator.problem
+    attention = "blocks.0.attention"
+    assert [n for n in problem.gene_names if n.startswith(attention + ".")] == [
+        f"{attention}.{p}.{role}" for p in ("in_proj_q", "in_proj_k", "in_proj_v", "q_times_k", "p_times_v",
+                                            "out_proj") for role in ("input", "weight")]
+    products = {layer.name: layer for layer in problem.layers if layer.kind == "AttentionMatmul"}
+    assert len(products) == 4  # two per attention, two attentions
+    # 4 heads of 50 tokens x 8 features: Q x K^T and softmax x V each 4 x 50 x 50 x 8 MACs per sample
+    assert {(layer.params, layer.macs) for layer in products.values()} == {(0, 4 * 50 * 50 * 8)}
+
+    torch.manual_seed(workload.spec.seed)
+    plain = tiny_vit("mha").eval()
+    inputs, _ = next(iter(evaluator.samples["exploration"].batches()))
+    problem.configure(None)
+    with torch.no_grad():
+        assert torch.allclose(problem.model(inputs), plain(inputs), atol=1e-5)
+    names = problem.gene_names
+    eight = np.full(len(names), 8.0)
+    two = eight.copy()
+    two[[i for i, n in enumerate(names) if "_times_" in n]] = 2.0
+    with torch.no_grad():
+        problem.configure(eight)
+        at_8 = problem.model(inputs)
+        problem.configure(two)
+        assert not torch.allclose(problem.model(inputs), at_8, atol=1e-2)
+    saved = 4 * 4 * 50 * 50 * 8 * (8 * 8 - 2 * 2)  # the products' BitOps per sample, at 2 instead of 8 bits
+    assert problem.cost(eight, np.zeros(0), 1) - problem.cost(two, np.zeros(0), 1) == saved

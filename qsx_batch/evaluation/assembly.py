@@ -71,7 +71,8 @@ def load_model(workload: Workload, device: torch.device) -> torch.nn.Module:
         model = build_model(mspec.type, mspec.extra_args)
     if mspec.weights:
         load_weights(model, workload.input_path(mspec.weights), mspec.type)
-    expose_attention(model)  # Q, K, V and out projections as layers; parameters and state dict unchanged
+    # Q, K, V and out projections as layers (and the two products, when targets); parameters and state dict kept
+    expose_attention(model, "AttentionMatmul" in workload.spec.problem.layer_types)
     return model.eval().to(device)
 
 

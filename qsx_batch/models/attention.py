@@ -9,6 +9,10 @@ swapped in place: same parameters, same state dict) with three child layers ``in
 rest of the computation (masks, bias_k/v, zero attention, dropout, head averaging) follows torch's own
 ``multi_head_attention_forward`` step by step. TransformerEncoderLayer's and TransformerEncoder's fused paths, which
 bypass every submodule, are turned off for the layers that hold one.
+
+With ``matmuls``, the two products of activations, Q x K^T and softmax x V, become layers as well
+(:class:`AttentionMatmul` ``q_times_k`` and ``p_times_v``), computed as torch computes them when it returns the
+attention weights, instead of by ``F.scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,15 @@ class InProjection(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rows of the attention's weight"
 
 
+class AttentionMatmul(nn.Module):
+    """A product of two activations in attention, ``torch.bmm(a, b)``: Q x K^T (a: the scaled queries, b: the
+    keys transposed) or softmax x V (a: the attention weights, b: the values). A layer like any other: ``a`` is
+    its input, ``b`` takes the place of a weight."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a, b)
+
+
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """A boolean mask (True: not attended) as 0/-inf to add to the scores; a float mask as it is."""
     if mask is None or mask.is_floating_point():
@@ -108,17 +121,25 @@ class ProjectedAttention(nn.MultiheadAttention):
             attn_mask = padding if attn_mask is None else attn_mask + padding
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:
+        products = "q_times_k" in self._modules
+        if need_weights or products:
             scaled = q * math.sqrt(1.0 / float(head_dim))
-            scores = (torch.baddbmm(attn_mask, scaled, k.transpose(-2, -1)) if attn_mask is not None
-                      else torch.bmm(scaled, k.transpose(-2, -1)))
+            if products:
+                scores = self.q_times_k(scaled, k.transpose(-2, -1))
+                scores = scores if attn_mask is None else scores + attn_mask
+            else:
+                scores = (torch.baddbmm(attn_mask, scaled, k.transpose(-2, -1)) if attn_mask is not None
+                          else torch.bmm(scaled, k.transpose(-2, -1)))
             weights = F.softmax(scores, dim=-1)
             if dropout_p > 0.0:
                 weights = F.dropout(weights, p=dropout_p)
-            out = torch.bmm(weights, v)
-            weights = weights.view(bsz, heads, tgt_len, src_len)
-            weights = weights.mean(dim=1) if average_attn_weights else weights
-            weights = weights if batched else weights.squeeze(0)
+            out = self.p_times_v(weights, v) if products else torch.bmm(weights, v)
+            if need_weights:
+                weights = weights.view(bsz, heads, tgt_len, src_len)
+                weights = weights.mean(dim=1) if average_attn_weights else weights
+                weights = weights if batched else weights.squeeze(0)
+            else:
+                weights = None
         else:
             if attn_mask is not None and attn_mask.shape[0] == 1:
                 attn_mask = attn_mask.unsqueeze(0)
@@ -143,17 +164,20 @@ def _no_fused_path(module: nn.Module, inputs: tuple) -> None:
     return None
 
 
-def expose_attention(model: nn.Module) -> int:
-    """Swap every nn.MultiheadAttention of ``model`` for :class:`ProjectedAttention` in place and keep
-    Transformer encoders off their fused paths; return how many attentions were swapped."""
+def expose_attention(model: nn.Module, matmuls: bool = False) -> int:
+    """Swap every nn.MultiheadAttention of ``model`` for :class:`ProjectedAttention` in place (``matmuls``: with
+    its two :class:`AttentionMatmul` layers) and keep Transformer encoders off their fused paths; return how many
+    attentions were swapped."""
     swapped = 0
     for module in list(model.modules()):
         if type(module) is nn.MultiheadAttention:
             module.__class__ = ProjectedAttention
             others = dict(module._modules)
-            module._modules.clear()  # the projections first: layers (and genes) in the order they compute
+            module._modules.clear()  # layers (and genes) in the order they compute
             for role in ROLES:
                 module.add_module(f"in_proj_{role}", InProjection(module, role))
+            if matmuls:
+                module.q_times_k, module.p_times_v = AttentionMatmul(), AttentionMatmul()
             module._modules.update(others)
             swapped += 1
         elif isinstance(module, nn.TransformerEncoderLayer):

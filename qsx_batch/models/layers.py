@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .attention import InProjection
+from .attention import AttentionMatmul, InProjection
 from .functional import FunctionalUses
 
-# a MultiheadAttention's Q, K and V projections are Linear layers once exposed (.attention)
-LAYER_TYPES = {"Conv2d": (nn.Conv2d,), "Linear": (nn.Linear, InProjection)}
+# a MultiheadAttention's Q, K and V projections are Linear layers once exposed (.attention), its two products of
+# activations AttentionMatmul layers
+LAYER_TYPES = {"Conv2d": (nn.Conv2d,), "Linear": (nn.Linear, InProjection), "AttentionMatmul": (AttentionMatmul,)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def uncovered_layers(model: nn.Module, covered: list[str]) -> list[Uncovered]:
     taken: dict[int, int] = {}  # parameter -> its elements that target layers cover
     for name in covered:
         module = model.get_submodule(name)
+        if isinstance(module, AttentionMatmul):
+            continue  # a product of activations holds no weight
         source = module.parameter() if isinstance(module, InProjection) else module.weight
         taken[id(source)] = taken.get(id(source), 0) + module.weight.numel()
     out = []
@@ -70,13 +73,19 @@ def uncovered_layers(model: nn.Module, covered: list[str]) -> list[Uncovered]:
     return out
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Module, inputs: tuple, out: torch.Tensor) -> int:
     """MACs of one call on the profile's single sample: every output element (however the model reshaped the
-    sample, into windows or tokens) costs one weight row."""
+    sample, into windows or tokens) costs one weight row (for a product of activations, one row of its input)."""
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         return int(out.numel() * per_output)
+    if isinstance(module, AttentionMatmul):
+        return int(out.numel() * inputs[0].shape[-1])
     return int(out.numel() * module.in_features)
+
+
+def _kind(module: nn.Module) -> str:
+    return next(kind for kind, types in LAYER_TYPES.items() if isinstance(module, types))
 
 
 def profile_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], sample: torch.Tensor) -> list[LayerInfo]:
@@ -87,9 +96,9 @@ def profile_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], sample
     functional: set[str] = set()
     for name, module in layers:
         def hook(mod, inputs, output, name=name):
-            kind = "Conv2d" if isinstance(mod, nn.Conv2d) else "Linear"
-            x = inputs[0]  # the sample's, or (reshaped by the model) its windows' or tokens' rows
-            seen[name] = LayerInfo(name, kind, int(mod.weight.numel()), _macs(mod, output),
+            x = inputs[0]  # the sample's, or (reshaped by the model) its windows', tokens' or heads' rows
+            weights = 0 if isinstance(mod, AttentionMatmul) else int(mod.weight.numel())
+            seen[name] = LayerInfo(name, _kind(mod), weights, _macs(mod, inputs, output),
                                    tuple(x.shape[1:] if x.shape[0] == 1 else x.shape), name in functional)
         handles.append(module.register_forward_hook(hook))
     try:

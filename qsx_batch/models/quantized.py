@@ -18,7 +18,7 @@ with warnings.catch_warnings():
 
 import torch.nn.functional as F
 
-from .attention import InProjection
+from .attention import AttentionMatmul, InProjection
 from .layers import set_submodule
 
 absl_logging.set_verbosity(absl_logging.ERROR)
@@ -44,10 +44,25 @@ class QuantInProjection(InProjection, QuantMixin):
         return F.linear(self._input_quantizer(x), self._weight_quantizer(self.weight), self.bias)
 
 
+class QuantAttentionMatmul(AttentionMatmul):
+    """A product of two activations with a quantizer on each: per tensor, the first (the input) calibrated with the
+    workload's method, the second (in the place of a weight) with max."""
+
+    def __init__(self, desc_in: QuantDescriptor):
+        super().__init__()
+        self._input_quantizer = quant_nn.TensorQuantizer(desc_in)
+        self._weight_quantizer = quant_nn.TensorQuantizer(QuantDescriptor(num_bits=8, calib_method="max"))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self._input_quantizer(a), self._weight_quantizer(b))
+
+
 def to_quant_module(module: nn.Module, calib_method: str) -> nn.Module:
     """A QuantConv2d/QuantLinear with ``module``'s configuration and weights (a :class:`QuantInProjection` on
-    the same attention for a Q, K or V projection)."""
+    the same attention for a Q, K or V projection, a :class:`QuantAttentionMatmul` for a product)."""
     desc_in, desc_w = _descriptors(calib_method)
+    if isinstance(module, AttentionMatmul):
+        return QuantAttentionMatmul(desc_in)
     if isinstance(module, InProjection):
         new = QuantInProjection(module._attention, module.role, desc_in, desc_w)
         return new.to(module.weight.device)

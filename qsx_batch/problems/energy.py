@@ -51,6 +51,8 @@ def layer_tensors(model: nn.Module, layers: list[LayerInfo]) -> list[LayerTensor
         module = model.get_submodule(layer.name)
         if layer.kind == "Conv2d":
             per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        elif layer.kind == "AttentionMatmul":  # Q x K^T or softmax x V: the input's last dimension is summed
+            per_output = layer.input_shape[-1]
         else:
             per_output = module.in_features
         out.append(LayerTensors(layer.name, layer.kind, layer.params, int(np.prod(layer.input_shape)),

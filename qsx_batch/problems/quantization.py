@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.attention import AttentionMatmul
 from ..models.layers import LayerInfo
 from ..models.quantized import InferenceTensorQuantizer, quantize_layers, quantizers_of
 from ..workload import WorkloadSpec
@@ -41,7 +42,10 @@ class QuantizationProblem(Problem):
         self.quantizers = quantizers_of(list(zip(self.layer_names, self.modules)))
         for _, q in self.quantizers:
             q.__class__ = InferenceTensorQuantizer  # same state and numbers, faster without autograd
-        self.fp32_weights = [m.weight.detach().clone() for m in self.modules]
+        # layers with weights (an attention's products of activations have none; both their quantizers run on
+        # every batch)
+        self.weighted = [m for m in self.modules if not isinstance(m, AttentionMatmul)]
+        self.fp32_weights = [m.weight.detach().clone() for m in self.weighted]
 
     @property
     def gene_names(self) -> list[str]:
@@ -73,7 +77,7 @@ class QuantizationProblem(Problem):
     @torch.no_grad()
     def configure(self, genome: np.ndarray | None) -> None:
         if genome is None:
-            for module, weight in zip(self.modules, self.fp32_weights):
+            for module, weight in zip(self.weighted, self.fp32_weights):
                 module.weight.copy_(weight)
             for _, q in self.quantizers:
                 q.disable()
@@ -82,7 +86,7 @@ class QuantizationProblem(Problem):
         for (_, q), b in zip(self.quantizers, bits):
             q._num_bits = int(b)
             q.enable()
-        for module, weight in zip(self.modules, self.fp32_weights):
+        for module, weight in zip(self.weighted, self.fp32_weights):
             module.weight.copy_(module._weight_quantizer(weight))
             module._weight_quantizer.disable()
 
@@ -90,7 +94,7 @@ class QuantizationProblem(Problem):
     def configure_trainable(self, genome: np.ndarray) -> None:
         """Bit widths of ``genome`` with fp32 weights fake-quantized on every forward pass (quantization-aware training)."""
         self.configure(genome)
-        for module, weight in zip(self.modules, self.fp32_weights):
+        for module, weight in zip(self.weighted, self.fp32_weights):
             module.weight.copy_(weight)
             module._weight_quantizer.enable()
 

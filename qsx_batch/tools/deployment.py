@@ -213,7 +213,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> torch
     spec = workload.spec
     model = build_model(spec.model.type, spec.model.extra_args)
     model.load_state_dict(bundle["state_dict"])
-    expose_attention(model)
+    expose_attention(model, "AttentionMatmul" in spec.problem.layer_types)
     layers = [LayerInfo(**{**layer, "input_shape": tuple(layer["input_shape"])}) for layer in bundle["layers"]]
     problem = create_problem(spec, model.eval().to(device), layers)
     if problem.needs_calibration:

@@ -89,7 +89,9 @@ class CalibrationSpec(_Strict):
 
 class ProblemSpec(_Strict):
     problem_function: str
-    layer_types: list[Literal["Conv2d", "Linear"]] = ["Conv2d", "Linear"]
+    layer_types: list[Literal["Conv2d", "Linear", "AttentionMatmul"]] = Field(
+        ["Conv2d", "Linear"], description="layers that get genes; AttentionMatmul: an attention's Q x K^T and "
+                                          "softmax x V")
     skip_layers: list[str] = []
     gpu_id: int | None = Field(None, ge=-1, description="GPU index for explore, -1 = CPU (reference tool); "
                                                           "ignored by launch, where SLURM assigns GPUs")
