@@ -144,6 +144,15 @@ def test_a_trained_tiny_vit_explores_end_to_end_and_2_bit_attention_costs_accura
     fp32, at_8, at_2 = (evaluator.evaluate(genome).accuracy for genome in (None, eight, two))
     assert abs(at_8 - fp32) < 0.05 and at_2 < at_8 - 0.05
 
+    # the sensitivity sweep varies every attention gene alone
+    sweep_file = tmp_path / "sweep.h5"
+    assert main(["sensitivity", str(path), "-o", str(sweep_file)]) == 0
+    sweep = results.open(sweep_file)
+    assert sweep.table("sensitivity").rows == 1 + len(names) * 6  # the neutral genome, then 2 to 7 bits per gene
+    curves = sweep.sensitivity()
+    attention = [i for i, n in enumerate(names) if ".attention." in n]
+    assert min(curves.curve(i)[1][0] for i in attention) < curves.reference_accuracy - 0.02
+
     # retraining fine-tunes through the projections' quantizers into torch's in_proj_weight
     ok = np.flatnonzero(run.individuals["status"] == "ok")
     worst = int(ok[np.argmin(run.individuals["accuracy"][ok])])
