@@ -1,7 +1,7 @@
 """Search efficiency: racing, the joint problem, and the sensitivity head start, seeds 0-4.
 
 Usage: python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--generations G] [--only racing|joint|head-start]
-       [--json out.json] [--keep DIR]
+       [--workloads lenet5 resnet8 resnet20] [--json out.json] [--keep DIR]
 
 Racing: for each problem (quantization, sparsity) and seed the same number of generations twice (racing off and
 on): final hypervolume, hypervolume per evaluation-second and per sample evaluated, the samples spent, and how many
@@ -9,8 +9,8 @@ points of the full run's final Pareto front the racing run misses. Joint: the jo
 front points with lower effective BitOps than any quantization-only front point of at least the same accuracy
 (quantization-only individuals scored with zero thresholds under the joint cost).
 
-Head start (issue 13): for the embedded LeNet-5 quantization workload and a CIFAR-sized ResNet-8 (trained here
-first on MNIST padded to 3x32x32, bench/mnist32.py), each seed runs the search twice, with
+Head start (issues 13, 20): for the embedded LeNet-5 quantization workload and the CIFAR-sized ResNet-8 and
+ResNet-20 (trained here first on MNIST padded to 3x32x32, bench/mnist32.py), each seed runs the search twice, with
 ``initial_population: random`` and ``sensitivity``. Reported: the evaluation-seconds (the sensitivity sweep
 included) the sensitivity start needs to reach the hypervolume the random start has at its last generation, as a
 fraction of the random start's evaluation-seconds (median over seeds; target at most 0.5), and whether the final
@@ -108,13 +108,15 @@ BENCH = Path(__file__).resolve().parent
 RESNET_POP, RESNET_GENERATIONS = 24, 20
 
 
-def _resnet_workload(tmp: Path) -> dict:
-    """ResNet-8 on 3x32x32 digits; its weights are trained once (``qsx-batch train``) and kept in ``tmp``."""
+def _resnet_workload(tmp: Path, model: str) -> dict:
+    """A CIFAR ResNet (``resnet8``, ``resnet20``) on 3x32x32 digits; its weights are trained once (``qsx-batch
+    train``) and kept in ``tmp``."""
     block = {"type": "mnist32:make", "batch_size": 128}
+    weights = tmp / f"{model}_digits32.pt"
     data = {"workload": {
-        "name": "resnet8_digits32_quantization", "seed": 0, "results": str(tmp),
+        "name": f"{model}_digits32_quantization", "seed": 0, "results": str(tmp),
         "problem": {"problem_function": "quantization_problem", "layer_types": ["Conv2d", "Linear"]},
-        "model": {"type": "resnet8", "weights": str(tmp / "resnet8_digits32.pt")},
+        "model": {"type": model, "weights": str(weights)},
         "calibration": {"method": "max", "datasets": {"calibrate": {**block, "split": "calibrate", "sample_limit": 256}}},
         "exploration": {
             "nsga": {"pop_size": RESNET_POP, "offsprings": RESNET_POP, "generations": RESNET_GENERATIONS},
@@ -125,12 +127,11 @@ def _resnet_workload(tmp: Path) -> dict:
         "training": {"epochs": 6, "learning_rate": 0.002, "datasets": {
             "train": {**block, "split": "train", "batch_size": 64}, "validation": {**block, "split": "validation"}}},
     }}
-    weights = tmp / "resnet8_digits32.pt"
     if not weights.exists():
-        path = tmp / "resnet8-train.yaml"
+        path = tmp / f"{model}-train.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         if qsx(["train", str(path)]):
-            sys.exit("training the ResNet-8 failed")
+            sys.exit(f"training the {model} failed")
     return data
 
 
@@ -159,12 +160,22 @@ def seconds_to_reach(run, target: float) -> float:
     return float(g["eval_seconds"][reached[0]]) if len(reached) else float("inf")
 
 
-def head_start_table(tmp: Path, seeds: list[int], generations: int | None) -> list[dict]:
-    sys.path.insert(0, str(BENCH))  # mnist32:make, the ResNet's dataset
+HEAD_START_WORKLOADS = ("lenet5", "resnet8", "resnet20")
+
+
+def _head_start_workload(tmp: Path, name: str) -> dict:
+    if name != "lenet5":
+        return _resnet_workload(tmp, name)
     lenet = yaml.safe_load((WORKLOADS / "lenet5_mnist_quantization.yaml").read_text())
     lenet["workload"]["model"]["weights"] = str(WORKLOADS.parent / "weights" / "lenet5_mnist.pt")
+    return lenet
+
+
+def head_start_table(tmp: Path, seeds: list[int], generations: int | None, names: list[str]) -> list[dict]:
+    sys.path.insert(0, str(BENCH))  # mnist32:make, the ResNets' dataset
     rows = []
-    for name, base in (("lenet5", lenet), ("resnet8", _resnet_workload(tmp))):
+    for name in names:
+        base = _head_start_workload(tmp, name)
         for seed in seeds:
             random_run = _head_start_run(tmp, name, base, seed, "random", generations)
             sens_run = _head_start_run(tmp, name, base, seed, "sensitivity", generations)
@@ -211,6 +222,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the tables as JSON")
     parser.add_argument("--keep", type=Path, help="keep the runs' results files in this folder (and reuse them)")
     parser.add_argument("--only", choices=["racing", "joint", "head-start"], help="run one part (default: all)")
+    parser.add_argument("--workloads", nargs="+", choices=HEAD_START_WORKLOADS, default=list(HEAD_START_WORKLOADS),
+                        help="the head start's workloads (default: all three)")
     args = parser.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="qsx-search-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -224,7 +237,7 @@ def main() -> None:
               f"({joint['joint_results']})")
         report["joint"] = joint
     if args.only in (None, "head-start"):
-        rows = head_start_table(tmp, args.seeds, args.generations)
+        rows = head_start_table(tmp, args.seeds, args.generations, args.workloads)
         report["head_start"] = {"runs": rows, "summary": head_start_summary(rows)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

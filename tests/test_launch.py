@@ -297,7 +297,7 @@ def test_resume_after_sigkill_reuses_every_evaluation(slurm, tmp_path):
     out = tmp_path / "run.h5"
     proc = subprocess.Popen(launch_command(str(workload), "--output", str(out), "--skip-baseline",
                                            "--individuals-per-task", "2", *PER_GENERATION),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault_env("sleep=12"))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=fault_env("sleep=30"))
     try:
         wait_for(lambda: rows_of_task(out, 0), 120, "the first stored individual")
     finally:

@@ -11,7 +11,7 @@ from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
 from qsx_batch.evaluation.assembly import build_problem, prepare_evaluator
-from qsx_batch.evaluation.racing import RaceContext, stage_sizes, wilson_interval
+from qsx_batch.evaluation.racing import RaceContext, discordance, pack_hits, paired_worse, stage_sizes, wilson_interval
 from qsx_batch.workload import load_workload
 
 
@@ -19,6 +19,47 @@ def test_wilson_interval_hand_computed():
     low, high = wilson_interval(50, 100, 0.95)  # z = 1.6449: centre 0.5, half width 0.08116
     assert low == pytest.approx(0.41884, abs=1e-4) and high == pytest.approx(0.58116, abs=1e-4)
     assert wilson_interval(0, 0, 0.9) == (0.0, 1.0)
+
+
+def test_sign_test_on_discordant_labels_hand_computed():
+    # 0 wins in 5 discordant labels: Wilson upper bound (z = 1.6449) 0.351 < 1/2; 2 of 5: 0.76
+    assert paired_worse(np.array(0), np.array(5), 1.6449) and not paired_worse(np.array(2), np.array(5), 1.6449)
+    assert not paired_worse(np.array(0), np.array(0), 1.6449)  # no disagreement: no evidence
+    x, ref = np.array([1, 0, 0, 1, 1, 0], bool), np.array([1, 1, 1, 0, 1, 0], bool)
+    wins, losses = discordance(x, ref, np.array([2, 6]))
+    assert list(wins) == [0, 1] and list(losses) == [1, 2]
+
+
+def test_auto_stages_follow_the_previous_generation():
+    """stages: auto puts an early check where the last generation had hopeless individuals, and none where every
+    individual was close to the front (each check would only widen the others' intervals)."""
+    front = np.array([[10.0, 0.95]])
+    hopeless = RaceContext(None, 0.95, 0.9, front, False, history=np.array([[5.0, 0.3]] * 20 + [[20.0, 0.95]] * 4))
+    sizes, confidence = hopeless.plan(1000, 125)
+    assert sizes[0] == 125 and sizes[-1] == 1000 and confidence == pytest.approx(1 - 0.05 / (len(sizes) - 1))
+    close = RaceContext(None, 0.95, 0.9, front, False, history=np.array([[5.0, 0.94], [20.0, 0.949]] * 12))
+    assert close.plan(1000, 125) == ([1000], 0.95)
+    first = RaceContext(None, 0.95, 0.9, front, False)  # generation 0: the default checks, Bonferroni over three
+    assert first.plan(1000, 125) == ([125, 250, 500, 1000], pytest.approx(1 - 0.05 / 3))
+    assert RaceContext((0.5,), 0.9, None, front, False).plan(1000, 125) == ([500, 1000], 0.9)
+
+
+def test_paired_comparison_stops_what_an_interval_cannot(quant_workload):
+    """Two settings of one network disagree on few samples: compared label by label with a front point, a
+    slightly worse and costlier setting stops early where its Wilson interval alone never excludes it."""
+    evaluator = prepare_evaluator(load_workload(quant_workload), torch.device("cpu"))
+    evaluator.samples["exploration"].batch_size = 25
+    reference = evaluator.evaluate(np.full(10, 6.0), race=RaceContext((1.0,), 0.95, None, np.zeros((0, 2)), False))
+    assert reference.hits.shape == (200,) and reference.hits.sum() == reference.correct
+    worse = np.array([2, 2, 6, 6, 6, 6, 6, 2, 6, 6], dtype=float)  # 0.92 against 0.945 on the 200 samples
+    front = np.array([[0.0, reference.accuracy]])
+    every_batch = tuple(np.arange(1, 8) / 8)
+    unpaired = evaluator.evaluate(worse, race=RaceContext(every_batch, 0.95, None, front, False))
+    paired = evaluator.evaluate(worse, race=RaceContext(every_batch, 0.95, None, front, False,
+                                                        front_hits=(pack_hits(reference.hits),)))
+    assert unpaired.status == "ok" and unpaired.samples == 200
+    assert paired.status == "raced_out" and paired.error == "dominated" and paired.samples < 100
+    assert paired.hits.shape == (paired.samples,)
 
 
 def test_stage_sizes_follow_whole_batches():
@@ -62,6 +103,8 @@ def test_racing_run_matches_full_run_on_fully_evaluated_individuals(tmp_path):
         assert [plain.accuracy, plain.cost] == raced["objectives"][i].tolist()
     out = raced["status"] == "raced_out"
     assert np.all(raced["samples"][out] < 200) and np.all(raced["samples"][~out] == 200)
+    # a raced-out individual never competes with an optimistic bound: infeasible, at its lower bound
+    assert np.all(raced["constraint"][out] > 0) and np.array_equal(raced["fitness"][out][:, 0], -raced["ci_low"][out])
     assert out.any(), "the 2-bit-heavy first generation should race some individuals out"
     assert raced["samples"].sum() < full["samples"].sum()
 

@@ -25,10 +25,15 @@ def keys(table) -> list[tuple]:
     return [genome_key(g) for g in table["genome"]]
 
 
+def full_sweep(data: dict, **settings) -> dict:
+    data["workload"]["exploration"]["sensitivity"] = {"sweep": "full", **settings}
+    return data
+
+
 @pytest.fixture
 def swept(tmp_path):
-    """A sweep of the tiny quantization workload in a new results file."""
-    workload = write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path))
+    """A full sweep of the tiny quantization workload in a new results file."""
+    workload = write_workload(tmp_path, full_sweep(tiny_workload_dict("quantization", tmp_path)))
     out = tmp_path / "sweep.h5"
     assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
     return workload, out
@@ -93,8 +98,7 @@ def test_sweep_of_a_finished_run_reuses_its_evaluations(tmp_path):
 
 
 def test_sparsity_sweep_over_thresholds(tmp_path):
-    data = tiny_workload_dict("sparsity", tmp_path)
-    data["workload"]["exploration"]["sensitivity"] = {"points": 4}
+    data = full_sweep(tiny_workload_dict("sparsity", tmp_path), points=4)
     workload = write_workload(tmp_path, data)
     out = tmp_path / "sparse.h5"
     assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
@@ -121,7 +125,7 @@ def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
     assert main(["explore", str(workload), "-o", str(out), "--skip-baseline"]) == 0
     run = results.open(out)
     sweep_table, ind = run.table("sensitivity"), run.individuals
-    assert sweep_table.rows == 1 + QUANT_GENES * (len(BITS) - 1)
+    assert QUANT_GENES < sweep_table.rows < 1 + QUANT_GENES * (len(BITS) - 1)  # adaptive: not every point
     derived = run.sensitivity().starting_genomes(_problem(workload), [0.01, 0.05, 0.2])
     assert 1 <= len(derived) <= 3
     gen0 = {genome_key(g) for g in ind["genome"][ind["generation"] == 0]}
@@ -134,8 +138,8 @@ def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
     for i, j in met:
         assert ind["eval_seconds"][i] == sweep_table["eval_seconds"][j]
         assert ind["accuracy"][i] == sweep_table["accuracy"][j]
-    # the sweep counts in the budget: seconds and samples of the sweep's genomes the search did not meet
-    unmet = [j for k, j in swept_rows.items() if k not in set(keys(ind))]
+    # the sweep counts in the budget: seconds and samples of the sweep's genomes the search did not take over
+    unmet = [j for k, j in swept_rows.items() if k not in set(keys(ind)) or sweep_table["status"][j] != "ok"]
     gens = run.generations
     assert gens["samples"][-1] == np.sum(ind["samples"]) + np.sum(sweep_table["samples"][unmet])
     assert np.isclose(gens["eval_seconds"][-1], np.sum(ind["eval_seconds"]) + np.sum(sweep_table["eval_seconds"][unmet]))
@@ -222,9 +226,89 @@ def test_launch_starts_from_a_sweep_evaluated_as_array_jobs(slurm, tmp_path):
                  "--gpus-per-task", "0", "--individuals-per-task", "8", "--threads", "1"]) == 0
     run = results.open(out)
     sweep = run.table("sensitivity")
-    assert sweep.rows == 1 + QUANT_GENES * 2  # 3 points per gene: 2, 5 and the neutral 8
-    assert set(sweep["status"]) == {"ok"} and all(sweep["slurm_job_id"])
+    assert sweep.rows <= 1 + QUANT_GENES * 2  # 3 points per gene: 2, 5 and the neutral 8; adaptive: in rounds
+    assert np.all(sweep["swept_value"][sweep["swept_gene"] >= 0] != 8)
+    assert np.sum(sweep["swept_value"] == 2) == QUANT_GENES  # every gene's most aggressive value, first round
+    assert set(sweep["status"]) <= {"ok", "raced_out"} and all(sweep["slurm_job_id"])
     derived = run.sensitivity().starting_genomes(_problem(workload), [0.0, 0.05])
     gen0 = {genome_key(g) for g in run.individuals["genome"][run.individuals["generation"] == 0]}
     assert len(derived) and {genome_key(g) for g in derived} <= gen0
     assert not list((tmp_path / "launched.jobs").glob("shards-*/sensitivity"))  # merged, then cleaned up
+
+
+def test_adaptive_sweep_evaluates_only_what_a_budget_could_use(tmp_path):
+    workload = write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path))  # default: adaptive
+    out = tmp_path / "adaptive.h5"
+    assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
+    run = results.open(out)
+    table, sweep = run.table("sensitivity"), run.sensitivity()
+    largest, smallest = 0.05, 0.0  # the default loss budgets' ends
+    floor = sweep.reference_accuracy - largest
+    raced = table["status"] == "raced_out"
+    assert set(table["status"]) <= {"ok", "raced_out"} and len(set(keys(table))) == table.rows
+    assert np.all(table["samples"][raced] < 200) and np.all(table["accuracy"][raced] < floor)  # upper bound too
+    assert set(table["error"][raced]) == {"below the accuracy constraint"} and raced.any()
+    assert np.all(table["samples"][~raced] == 200)
+    for gene in range(QUANT_GENES):
+        values = table["swept_value"][table["swept_gene"] == gene]
+        assert values[0] == 2  # the most aggressive value first (the round after the reference)
+        if sweep.loss_at(gene, 2) <= smallest:
+            assert list(values) == [2]  # insensitive: its cheapest value is free, nothing else is needed
+            continue
+        outward = list(values[1:])
+        assert outward == list(range(7, 7 - len(outward), -1))  # from the neutral 8 outward, without gaps
+        losses = [sweep.loss_at(gene, v) for v in outward]
+        assert all(loss <= largest for loss in losses[:-1])  # only the last may lose more than any budget
+        assert outward[-1] == 3 or not losses[-1] <= largest
+    assert table.rows < 1 + QUANT_GENES * (len(BITS) - 1)
+    assert np.sum(table["samples"]) < (1 + QUANT_GENES * (len(BITS) - 1)) * 200
+    assert main(["sensitivity", "--resume", str(out)]) == 0  # complete: nothing is evaluated again
+    assert results.open(out).table("sensitivity").rows == table.rows
+
+
+class _Problem:
+    """What the knapsack reads of a problem: the neutral genome and the cost's direction."""
+
+    def __init__(self, neutral, maximize_cost):
+        self.neutral, self.maximize_cost = np.asarray(neutral, dtype=float), maximize_cost
+
+    def neutral_genome(self):
+        return self.neutral.copy()
+
+
+@pytest.mark.parametrize("maximize_cost", [False, True])
+def test_starting_genomes_solve_the_knapsack_exactly(maximize_cost):
+    """The derived genome of each budget has the best summed cost change of all value combinations whose summed
+    single-gene losses fit (exhaustive search over 4 genes x (neutral + 3 values))."""
+    from itertools import product
+
+    from qsx_batch.results.sensitivity import Sensitivity
+
+    rng = np.random.default_rng(3)
+    genes, values, neutral = 4, [2.0, 4.0, 6.0], [8.0] * 4
+    loss = rng.integers(0, 30, size=(genes, 3)) / 1000  # multiples of 0.001: exact on the knapsack's grid
+    cost = 10.0 + rng.normal(0, 3, size=(genes, 3))
+    rows = [(g, v, 0.9 - loss[g, i], cost[g, i]) for g in range(genes) for i, v in enumerate(values)]
+    table = {"swept_gene": np.array([-1] + [r[0] for r in rows]), "swept_value": np.array([np.nan] + [r[1] for r in rows]),
+             "swept_parameter": np.array([np.nan] + [r[1] for r in rows]),
+             "accuracy": np.array([0.9] + [r[2] for r in rows]), "cost": np.array([12.0] + [r[3] for r in rows]),
+             "status": np.array(["ok"] * (1 + len(rows))), "params": np.full((1 + len(rows), genes), 8.0)}
+    sweep = Sensitivity.from_table(table, [f"g{i}" for i in range(genes)])
+    sign = -1 if maximize_cost else 1
+    budgets = [0.0, 0.01, 0.03, 0.05]
+    derived = sweep.starting_genomes(_Problem(neutral, maximize_cost), budgets)
+    assert 1 <= len(derived) <= len(budgets)
+
+    def score(choice):  # (summed loss, summed signed cost change); index 0 is neutral
+        return (sum(loss[g, c - 1] for g, c in enumerate(choice) if c),
+                sum(sign * (cost[g, c - 1] - 12.0) for g, c in enumerate(choice) if c))
+
+    best = {b: min(s for s in map(score, product(range(4), repeat=genes)) if s[0] <= b + 1e-12)[1] for b in budgets}
+    found = set()
+    for genome in derived:
+        choice = [0 if v == 8 else values.index(v) + 1 for v in genome]
+        spent, change = score(choice)
+        matches = [b for b in budgets if spent <= b + 1e-12 and abs(change - best[b]) < 1e-9]
+        assert matches, f"{genome} is no budget's optimum"
+        found.update(matches)
+    assert found == {b for b in budgets if best[b] < 0}  # every budget that can save anything has its optimum

@@ -12,7 +12,9 @@ NAME = "sensitivity"
 HELP = "sweep each gene alone (every other gene neutral) and store the accuracy per gene and value"
 DESCRIPTION = ("Per quantizer (or per layer threshold), the network is evaluated with that one gene swept over its "
                "range (exploration.sensitivity.points values) while every other gene stays at the upper bit width "
-               "or a zero threshold. The sweep goes into the results file's 'sensitivity' table (a new file, or "
+               "or a zero threshold. exploration.sensitivity.sweep: adaptive (the default) evaluates only the points a "
+               "starting individual could use, raced; full evaluates every point (a complete heat map). The sweep "
+               "goes into the results file's 'sensitivity' table (a new file, or "
                "--resume RUN.h5 adds it to an existing run, reusing the genomes that run evaluated); "
                "'inspect --sensitivity' shows it, 'plot' draws it as a heat map, and "
                "'exploration.initial_population: sensitivity' starts the search from it. Locally, or as SLURM "
@@ -50,9 +52,8 @@ def run(args: argparse.Namespace) -> int:
         run = assemble_run(workload, where, writer, Path(args.output) if args.output else None)
         path = run.writer.path
         hint = f"qsx-batch {NAME} --resume {path}" + (" --slurm" if where.on_slurm else "")
-        status = run_to_end(lambda: measure_sensitivity(run.problem, run.executor, run.writer,
-                                                        workload.spec.exploration.sensitivity, args.progress,
-                                                        run.log), run.executor, run.writer, hint)
+        status = run_to_end(lambda: measure_sensitivity(run.problem, run.executor, run.writer, workload.spec,
+                                                        args.progress, run.log), run.executor, run.writer, hint)
     if status == 0:
         print(sensitivity_text(results.open(path)))
         print(f"\nstored in {path} (table 'sensitivity'); heat map: qsx-batch plot {path}")

@@ -17,7 +17,7 @@ import torch
 from ..data import Source
 from ..problems import Problem
 from .metrics import AccuracyFunction, accuracy_function
-from .racing import RaceContext, stage_sizes
+from .racing import RaceContext
 from .record import IndividualResult, Status
 
 
@@ -44,29 +44,39 @@ class Evaluator:
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.slurm = _slurm_fields()
 
-    def _forward(self, samples: Source, start: int, stop: int) -> torch.Tensor:
-        """(metrics, 2) summed correct and count over samples ``start:stop``, kept on the device."""
+    def _forward(self, samples: Source, start: int, stop: int, hits: list | None = None) -> torch.Tensor:
+        """(metrics, 2) summed correct and count over samples ``start:stop``, kept on the device; per-label hits
+        of the first metric appended to ``hits`` when given (racing's paired comparisons)."""
         totals = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.inference_mode():
             for inputs, labels in samples.batches(start, stop):
-                totals = totals + self.metric.pairs(self.problem.model(inputs), labels)
+                outputs = self.problem.model(inputs)
+                totals = totals + self.metric.pairs(outputs, labels)
+                if hits is not None:
+                    hits.append(self.metric.hits(outputs, labels))
         return totals
 
-    def _race(self, samples: Source, params: np.ndarray, race: RaceContext | None) -> tuple[np.ndarray, int, tuple]:
-        """Forward over the stages; returns ((metrics, 2) totals, samples used, (reason, low, high) or ())."""
+    def _race(self, samples: Source, params: np.ndarray,
+              race: RaceContext | None) -> tuple[np.ndarray, int, tuple, np.ndarray | None]:
+        """Forward over the stages; returns ((metrics, 2) totals, samples used, (reason, low, high) or (), the
+        per-label hits when racing with a built-in metric)."""
         total = len(samples)
-        sizes = stage_sizes(list(race.stages), total, samples.batch_size) if race else [total]
+        sizes, confidence = race.plan(total, samples.batch_size) if race else ([total], 0.0)
+        hits = [] if race is not None and self.metric.hits is not None else None
         totals = torch.zeros((), dtype=torch.float64, device=self.device)
-        done = 0
+        done, verdict = 0, ()
         for n in sizes:
-            totals = totals + self._forward(samples, done, n)
+            totals = totals + self._forward(samples, done, n, hits)
             done = n
             if race is not None and n < total:
                 created = self.problem.read_counts()[2]
-                verdict = race.stop_reason(int(totals[0, 0]), n, self.problem.cost(params, created, n))
+                seen = None if hits is None else torch.cat(hits).cpu().numpy()
+                verdict = race.stop_reason(int(totals[0, 0]), n, self.problem.cost(params, created, n), confidence,
+                                           seen)
                 if verdict[0]:
-                    return totals.cpu().numpy(), done, verdict
-        return totals.cpu().numpy(), done, ()
+                    break
+                verdict = ()
+        return totals.cpu().numpy(), done, verdict, None if hits is None else torch.cat(hits).cpu().numpy()
 
     def evaluate(self, genome: np.ndarray | None, dataset: str = "exploration",
                  race: RaceContext | None = None) -> IndividualResult:
@@ -83,7 +93,7 @@ class Evaluator:
         try:
             self.problem.configure(genome)
             params = self.problem.fp32_params() if genome is None else self.problem.decode(genome)
-            totals, used, raced = self._race(samples, params, race)
+            totals, used, raced, hits = self._race(samples, params, race)
             total, already, created = self.problem.read_counts()
             metrics = totals[:, 0] / np.maximum(totals[:, 1], 1)
             correct, accuracy = int(totals[0, 0]), float(metrics[0])
@@ -100,5 +110,5 @@ class Evaluator:
             genome=vector, params=params, accuracy=accuracy, metrics=metrics, correct=correct, samples=used, cost=cost,
             blocks_total=total, blocks_already=already, blocks_created=created,
             eval_seconds=time.perf_counter() - start, host=self.host, device=str(self.device), status=status,
-            error=error, gpu=self.gpu, ci_low=float(ci[0]), ci_high=float(ci[1]), **self.slurm,
+            error=error, gpu=self.gpu, ci_low=float(ci[0]), ci_high=float(ci[1]), hits=hits, **self.slurm,
         )

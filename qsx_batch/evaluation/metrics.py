@@ -22,21 +22,32 @@ from ..workload import WorkloadSpec
 Pair = tuple[Any, Any]
 
 
+def top1_hits(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per label: whether its highest output is the label."""
+    return (outputs.argmax(1) == labels).reshape(-1)
+
+
+def top5_hits(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per label: whether it is among its five highest outputs (all outputs when there are fewer)."""
+    best = outputs.topk(min(5, outputs.shape[1]), dim=1).indices
+    return (best == labels[:, None]).any(1).reshape(-1)
+
+
 def classification_accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> Pair:
     """Top-1: samples whose highest output is their label."""
-    return (outputs.argmax(1) == labels).sum(), labels.numel()
+    return top1_hits(outputs, labels).sum(), labels.numel()
 
 
 def top5_accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> Pair:
-    """Top-5: samples whose label is among their five highest outputs (all outputs when there are fewer)."""
-    best = outputs.topk(min(5, outputs.shape[1]), dim=1).indices
-    return (best == labels[:, None]).any(1).sum(), labels.numel()
+    """Top-5: samples whose label is among their five highest outputs."""
+    return top5_hits(outputs, labels).sum(), labels.numel()
 
 
 BUILTIN: dict[str, Callable[[torch.Tensor, torch.Tensor], Pair]] = {
     "classification_accuracy": classification_accuracy,
     "top5_accuracy": top5_accuracy,
 }
+HITS = {"classification_accuracy": top1_hits, "top5_accuracy": top5_hits}  # racing's paired comparisons
 # Names of the reference tool's metrics that need its own models and datasets (detection, segmentation).
 REFERENCE_ONLY = ("detection_accuracy", "segmentation_accuracy", "pixelwise_segmentation_accuracy",
                   "yolop_combined_accuracy")
@@ -44,11 +55,13 @@ REFERENCE_ONLY = ("detection_accuracy", "segmentation_accuracy", "pixelwise_segm
 
 @dataclass(frozen=True)
 class AccuracyFunction:
-    """A resolved ``model.accuracy_function``: its name, the callable, and whether every pair counts samples."""
+    """A resolved ``model.accuracy_function``: its name, the callable, whether every pair counts samples, and
+    (built-ins) which labels it counts as correct."""
 
     name: str
     function: Callable[[torch.Tensor, torch.Tensor], Pair | list[Pair]]
     counts_samples: bool
+    hits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def pairs(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(metrics, 2) correct and count of one batch, on the outputs' device. A plain number in a pair (the
@@ -72,7 +85,7 @@ class AccuracyFunction:
 def accuracy_function(name: str) -> AccuracyFunction:
     """Resolve ``model.accuracy_function`` (a UserError names the built-ins and how to plug one in)."""
     if name in BUILTIN:
-        return AccuracyFunction(name, BUILTIN[name], counts_samples=True)
+        return AccuracyFunction(name, BUILTIN[name], counts_samples=True, hits=HITS[name])
     if is_import_reference(name):
         return AccuracyFunction(name, import_callable(name, "model.accuracy_function"), counts_samples=False)
     known = ", ".join(BUILTIN)

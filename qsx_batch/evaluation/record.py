@@ -44,6 +44,7 @@ class IndividualResult:
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     metrics: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every metric's accuracy; [0] is accuracy
+    hits: np.ndarray | None = None  # racing: per label of the samples used, whether the first metric counted it
 
     @property
     def ok(self) -> bool:

@@ -11,6 +11,8 @@ import numpy as np
 
 from ..evaluation.record import Status, genome_key
 
+LOSS_STEPS = 1000  # resolution of the knapsack's summed loss
+
 if TYPE_CHECKING:  # read on a laptop without torch (results.Run.sensitivity)
     from ..problems import Problem
 
@@ -24,8 +26,10 @@ class Sensitivity:
     values: np.ndarray
     parameters: np.ndarray
     accuracy: np.ndarray
+    cost: np.ndarray
     ok: np.ndarray
     reference_accuracy: float  # NaN until the reference genome is stored
+    reference_cost: float
     neutral_parameters: np.ndarray  # per gene, the parameter of the reference genome (NaN until stored)
 
     @classmethod
@@ -36,8 +40,9 @@ class Sensitivity:
         reference = np.flatnonzero((genes < 0) & ok)
         return cls(gene_names=list(gene_names), genes=genes, values=np.asarray(table["swept_value"], dtype=float),
                    parameters=np.asarray(table["swept_parameter"], dtype=float),
-                   accuracy=np.asarray(table["accuracy"], dtype=float), ok=ok,
-                   reference_accuracy=float(table["accuracy"][reference[0]]) if len(reference) else float("nan"),
+                   accuracy=np.asarray(table["accuracy"], dtype=float), cost=np.asarray(table["cost"], dtype=float),
+                   ok=ok, reference_accuracy=float(table["accuracy"][reference[0]]) if len(reference) else float("nan"),
+                   reference_cost=float(table["cost"][reference[0]]) if len(reference) else float("nan"),
                    neutral_parameters=np.asarray(table["params"][reference[0]], dtype=float) if len(reference)
                    else np.full(len(gene_names), np.nan))
 
@@ -58,29 +63,66 @@ class Sensitivity:
         order = np.argsort(params, kind="stable")
         return np.asarray(params)[order], np.asarray(accuracy)[order]
 
+    def loss_at(self, gene: int, value: float) -> float:
+        """The stored loss of ``gene`` at genome ``value`` (NaN: not stored, failed or raced out)."""
+        rows = np.flatnonzero((self.genes == gene) & (self.values == value) & self.ok)
+        return float(self.reference_accuracy - self.accuracy[rows[0]]) if len(rows) else float("nan")
+
     def starting_genomes(self, problem: Problem, budgets: list[float]) -> np.ndarray:
-        """Per loss budget one genome: each gene at its value farthest from neutral whose single-gene loss stays
-        within the budget (neutral when none does); distinct, without the all-neutral genome."""
+        """Per loss budget one genome: the cheapest choice of one swept value per gene (or its neutral value)
+        whose summed single-gene losses stay within the budget, as HAWQ-V3's ILP and ModelOpt AutoQuantize pick
+        per-layer formats. Costs add up as the sweep measured them one gene at a time; the multiple-choice
+        knapsack is solved exactly by dynamic programming over the loss in steps of 1/:data:`LOSS_STEPS` of the
+        largest budget. Distinct genomes, without the all-neutral one."""
         neutral = problem.neutral_genome()
+        budgets = sorted(budgets)
+        step = max(budgets[-1], 1e-9) / LOSS_STEPS
+
+        def units(loss):  # rounded up: a choice never looks cheaper in loss than it was measured
+            return np.ceil(np.maximum(loss, 0.0) / step - 1e-6).astype(int)
+
+        capacity = int(units(budgets[-1]))
+        sign = -1.0 if problem.maximize_cost else 1.0
         loss = self.loss()
+        best = np.full(capacity + 1, np.inf)  # least summed cost change for exactly u loss units
+        best[0] = 0.0
+        choices = []
+        for gene in range(len(neutral)):
+            rows = np.flatnonzero((self.genes == gene) & (loss <= budgets[-1] + 1e-12))  # NaN (failed) is left out
+            values = np.concatenate([[neutral[gene]], self.values[rows]])
+            weights = np.concatenate([[0], units(loss[rows])])
+            deltas = np.concatenate([[0.0], sign * (self.cost[rows] - self.reference_cost)])
+            merged, picked = np.full_like(best, np.inf), np.zeros(capacity + 1, dtype=int)
+            for c, (weight, delta) in enumerate(zip(weights, deltas)):
+                shifted = np.full_like(best, np.inf)
+                shifted[weight:] = best[: capacity + 1 - weight] + delta
+                better = shifted < merged - 1e-12  # ties keep the earlier choice: neutral first
+                merged, picked = np.where(better, shifted, merged), np.where(better, c, picked)
+            best = merged
+            choices.append((values, weights, picked))
         genomes: dict[tuple, np.ndarray] = {}
-        for budget in sorted(budgets):
+        for budget in budgets:
+            u = int(np.argmin(best[: units(budget) + 1]))  # the cheapest; of equal ones, the least loss
             genome = neutral.copy()
-            for gene in range(len(neutral)):
-                fits = np.flatnonzero((self.genes == gene) & (loss <= budget + 1e-12))
-                if len(fits):
-                    genome[gene] = self.values[fits[np.argmax(np.abs(self.values[fits] - neutral[gene]))]]
+            for gene in reversed(range(len(neutral))):
+                values, weights, picked = choices[gene]
+                genome[gene] = values[picked[u]]
+                u -= int(weights[picked[u]])
             if not np.array_equal(genome, neutral):
                 genomes.setdefault(genome_key(genome), genome)
         return np.array(list(genomes.values())).reshape(-1, len(neutral))
 
     def groups(self) -> list[tuple[np.ndarray, list[int]]]:
-        """The genes grouped by the parameters they were swept over (bit widths, thresholds): (parameters, genes)."""
+        """The genes grouped by the range they were swept over (bit widths, thresholds): (the parameters any of
+        them was evaluated at, genes); an adaptive sweep leaves some of a gene's values out."""
         groups: dict[tuple, list[int]] = {}
+        params: dict[tuple, set] = {}
         for gene in range(len(self.gene_names)):
-            params, _ = self.curve(gene)
-            groups.setdefault(tuple(np.round(params, 12)), []).append(gene)
-        return [(np.array(params), genes) for params, genes in groups.items()]
+            swept, _ = self.curve(gene)
+            ends = tuple(np.round([np.nanmin(swept), np.nanmax(swept)], 12)) if np.isfinite(swept).any() else ()
+            groups.setdefault(ends, []).append(gene)
+            params.setdefault(ends, set()).update(np.round(swept[np.isfinite(swept)], 12))
+        return [(np.array(sorted(params[ends])), genes) for ends, genes in groups.items()]
 
     @staticmethod
     def axis_label(params: np.ndarray, bits: bool) -> str:

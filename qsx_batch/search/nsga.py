@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..evaluation.metrics import check_racing
-from ..evaluation.racing import RaceContext
+from ..evaluation.racing import RaceContext, pack_hits
 from ..evaluation.record import IndividualResult, Status, genome_key
 from ..executors.base import BASELINE_STAGE, EvalRequest, Executor, Stage
 from ..problems import Problem
@@ -114,6 +114,7 @@ class Search:
         self.writer = writer
         self.options = options
         self.cache: dict[tuple, _Scored] = {}
+        self.hits: dict[tuple, tuple] = {}  # racing: per genome its packed per-label hits (kept in memory only)
         self.bounds: np.ndarray | None = None  # lowest accuracy per metric ([0]: the accuracy objective)
         self.stored_generations = 0
         check_racing(workload.spec)
@@ -132,13 +133,18 @@ class Search:
         self.baseline_stored = set(zip(base["label"], base["dataset"]))
 
     def _load_sweep(self) -> None:
-        """Results of the sensitivity sweep, reused when the search proposes one of its genomes."""
-        self.swept = ok_results(self.writer.read(SENSITIVITY))
+        """Results of the sensitivity sweep, reused when the search proposes one of its genomes, and what each of
+        its points spent (raced-out ones too)."""
+        table = self.writer.read(SENSITIVITY)
+        self.swept = ok_results(table)
+        self.sweep_spent = {genome_key(g): (float(s), int(n))
+                            for g, s, n in zip(table["genome"], table["eval_seconds"], table["samples"])}
 
     def _sweep_only(self) -> tuple[float, int]:
-        """Evaluation seconds and samples of the sweep's genomes the search has not met (these count too)."""
-        only = [r for key, r in self.swept.items() if key not in self.cache]
-        return float(sum(r.eval_seconds for r in only)), int(sum(r.samples for r in only))
+        """Evaluation seconds and samples of the sweep's points the search did not take over (these count too):
+        genomes it has not met, and raced-out ones it evaluated again."""
+        only = [spent for key, spent in self.sweep_spent.items() if key not in self.cache or key not in self.swept]
+        return float(sum(s for s, _ in only)), int(sum(n for _, n in only))
 
     def _log(self, msg: str) -> None:
         if self.options.verbose:
@@ -197,11 +203,13 @@ class Search:
 
     # -- scoring ----------------------------------------------------------------------------------------------
     def _score(self, result: IndividualResult) -> tuple[tuple[float, float], float]:
-        """Fitness and constraint; a raced-out individual counts with its accuracy's upper bound, which is
-        infeasible or dominated by construction; a failed one gets the worst fitness."""
+        """Fitness and constraint; a raced-out individual never competes with an optimistic bound: it counts at
+        its accuracy's lower bound and as infeasible (below every feasible individual in NSGA-II's survival);
+        a failed one gets the worst fitness."""
         if result.status == Status.RACED_OUT:
-            metrics = np.array([result.ci_high])
-        elif not result.ok:
+            bound = 1.0 if self.bounds is None else float(self.bounds[0])
+            return self.problem.fitness(result.ci_low, result.cost), max(bound - result.ci_low, 1e-9)
+        if not result.ok:
             return self.problem.fitness(0.0, self.problem.worst_cost()), 1.0
         else:
             metrics = result.metrics if len(result.metrics) else np.array([result.accuracy])
@@ -215,17 +223,24 @@ class Search:
         return self.problem.fitness(float(metrics[0]), result.cost), constraint
 
     def race_context(self) -> RaceContext | None:
-        """The racing settings and the feasible front of everything stored so far (None: racing off)."""
+        """The racing settings, the feasible front of everything stored so far and the latest generation's
+        (cost, accuracy), which ``stages: auto`` plans on (None: racing off)."""
         racing = self.workload.spec.exploration.racing
         if not racing.enabled:
             return None
         ind = self.writer.read("individuals")
-        front = np.zeros((0, 2))
+        front, history = np.zeros((0, 2)), np.zeros((0, 2))
+        front_hits = history_hits = ()
         if len(ind["accuracy"]):
             mask = pareto_mask(ind["objectives"], self.problem.maximize_cost, usable(ind["constraint"], ind["status"]))
             front = ind["objectives"][mask][:, ::-1]
-        return RaceContext(tuple(racing.stages), racing.confidence,
-                           None if self.bounds is None else float(self.bounds[0]), front, self.problem.maximize_cost)
+            latest = (ind["generation"] == ind["generation"].max()) & (ind["status"] != Status.FAILED)
+            history = np.column_stack([ind["cost"][latest], ind["accuracy"][latest]])
+            front_hits, history_hits = (tuple(self.hits.get(genome_key(g)) for g in ind["genome"][rows])
+                                        for rows in (mask, latest))
+        stages = None if racing.stages == "auto" else tuple(racing.stages)
+        return RaceContext(stages, racing.confidence, None if self.bounds is None else float(self.bounds[0]), front,
+                           self.problem.maximize_cost, history, front_hits, history_hits)
 
     def evaluate_generation(self, genomes: np.ndarray, generation: int) -> list[_Scored]:
         """Scores for every genome: cached ones at once, the rest through the executor (stored on arrival)."""
@@ -253,6 +268,8 @@ class Search:
         fitness, constraint = self._score(result)
         row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
         self.cache[genome_key(result.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
+        if result.hits is not None:  # racing compares later individuals with this one, label by label
+            self.hits[genome_key(result.genome)] = pack_hits(result.hits)
         self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
                   f"{result.cost:.6g} params {np.array2string(result.params, precision=3, max_line_width=200)}"
                   + (f" [{result.status}: {result.error}]" if not result.ok else ""))
@@ -273,7 +290,7 @@ class Search:
         given = given_genomes(self.workload.spec, self.problem)
         if spec.initial_population != "sensitivity":
             return given
-        sweep = measure_sensitivity(self.problem, self.executor, self.writer, spec.sensitivity,
+        sweep = measure_sensitivity(self.problem, self.executor, self.writer, self.workload.spec,
                                     self.options.progress, self.options.log)
         self._load_sweep()
         derived = sweep.starting_genomes(self.problem, spec.sensitivity.loss_budgets)
@@ -286,7 +303,7 @@ class Search:
         self.run_baseline()
         nsga = self.workload.spec.exploration.nsga
         lower, upper = self.problem.bounds
-        constrained = self.bounds is not None
+        constrained = self.bounds is not None or self.workload.spec.exploration.racing.enabled  # raced: infeasible
         pproblem = PymooProblem(n_var=len(lower), n_obj=2, n_ieq_constr=1 if constrained else 0, xl=lower, xu=upper,
                                 vtype=int if self.problem.integer else float)
         algorithm = make_algorithm(nsga, self.problem.integer, self.starting_genomes())

@@ -64,7 +64,8 @@ COLUMNS: dict[str, Column] = {
     "objectives": Column("f8", "(accuracy, cost) as reported", axis="objective"),
     "fitness": Column("f8", "what NSGA-II minimized: (-accuracy, cost), or (-accuracy, -cost) for a maximized cost",
                       axis="objective"),
-    "constraint": Column("f8", "minimum accuracy minus accuracy: feasible when <= 0 (NaN for baseline rows)", "1"),
+    "constraint": Column("f8", "minimum accuracy minus accuracy: feasible when <= 0; raced out: minus its lower "
+                         "bound, always infeasible (NaN for baseline rows)", "1"),
     "blocks_total": Column("i8", "sparsity: tiles of the layer input over all samples (0 for quantization)", "1",
                            axis="layer"),
     "blocks_already": Column("i8", "sparsity: tiles that were already all zero", "1", axis="layer"),

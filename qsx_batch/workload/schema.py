@@ -180,12 +180,17 @@ class RacingSpec(_Strict):
     """Racing evaluation: score on growing prefixes of the subset, stop individuals that cannot matter."""
 
     enabled: bool = False
-    stages: list[float] = [0.125, 0.25, 0.5, 1.0]
+    stages: Literal["auto"] | list[float] = Field(
+        "auto", description="auto: per generation, the (at most 3) prefixes that would have spent the fewest samples "
+                            "on the previous generation, at a confidence shared by one individual's checks; or fixed "
+                            "fractions of the subset, each check at the confidence")
     confidence: float = Field(0.95, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _stages(self) -> RacingSpec:
         stages = self.stages
+        if stages == "auto":
+            return self
         if not stages or any(s <= 0 or s > 1 for s in stages):
             raise ValueError(f"racing stages {stages} must be fractions in (0, 1]")
         if any(b <= a for a, b in zip(stages, stages[1:])):
@@ -224,7 +229,11 @@ class SensitivitySpec(_Strict):
     loss_budgets: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [0.0, 0.002, 0.005, 0.01, 0.02, 0.05], min_length=1,
         description="accuracy losses (points below the sweep's all-neutral accuracy); per budget one starting "
-                    "individual: every gene at its most aggressive value whose single-gene loss stays within it")
+                    "individual: the cheapest setting whose summed single-gene losses stay within it")
+    sweep: Literal["adaptive", "full"] = Field(
+        "adaptive", description="adaptive: each gene's most aggressive value first, the rest only for genes that "
+                                "lose more than the smallest budget there, outward until a value loses more than the "
+                                "largest, raced; full: every point (a complete heat map)")
 
 
 class ExplorationSpec(_Strict):
