@@ -144,9 +144,10 @@ def test_a_trained_tiny_vit_explores_end_to_end_and_2_bit_attention_costs_accura
     fp32, at_8, at_2 = (evaluator.evaluate(genome).accuracy for genome in (None, eight, two))
     assert abs(at_8 - fp32) < 0.05 and at_2 < at_8 - 0.05
 
-    # the sensitivity sweep varies every attention gene alone
+    # the (full) sensitivity sweep varies every attention gene alone
+    data["workload"]["exploration"] = {**data["workload"]["exploration"], "sensitivity": {"sweep": "full"}}
     sweep_file = tmp_path / "sweep.h5"
-    assert main(["sensitivity", str(path), "-o", str(sweep_file)]) == 0
+    assert main(["sensitivity", str(write_workload(tmp_path, data, "full_sweep.yaml")), "-o", str(sweep_file)]) == 0
     sweep = results.open(sweep_file)
     assert sweep.table("sensitivity").rows == 1 + len(names) * 6  # the neutral genome, then 2 to 7 bits per gene
     curves = sweep.sensitivity()
