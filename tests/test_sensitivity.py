@@ -242,28 +242,36 @@ def test_adaptive_sweep_evaluates_only_what_a_budget_could_use(tmp_path):
     assert main(["sensitivity", str(workload), "-o", str(out)]) == 0
     run = results.open(out)
     table, sweep = run.table("sensitivity"), run.sensitivity()
-    largest, smallest = 0.05, 0.0  # the default loss budgets' ends
-    floor = sweep.reference_accuracy - largest
+    floor = sweep.reference_accuracy - 0.05  # the largest default loss budget
     raced = table["status"] == "raced_out"
     assert set(table["status"]) <= {"ok", "raced_out"} and len(set(keys(table))) == table.rows
     assert np.all(table["samples"][raced] < 200) and np.all(table["accuracy"][raced] < floor)  # upper bound too
     assert set(table["error"][raced]) == {"below the accuracy constraint"} and raced.any()
     assert np.all(table["samples"][~raced] == 200)
     for gene in range(QUANT_GENES):
-        values = table["swept_value"][table["swept_gene"] == gene]
-        assert values[0] == 2  # the most aggressive value first (the round after the reference)
-        if sweep.loss_at(gene, 2) <= smallest:
-            assert list(values) == [2]  # insensitive: its cheapest value is free, nothing else is needed
-            continue
-        outward = list(values[1:])
-        assert outward == list(range(7, 7 - len(outward), -1))  # from the neutral 8 outward, without gaps
-        losses = [sweep.loss_at(gene, v) for v in outward]
-        assert all(loss <= largest for loss in losses[:-1])  # only the last may lose more than any budget
-        assert outward[-1] == 3 or not losses[-1] <= largest
+        values = list(table["swept_value"][table["swept_gene"] == gene])
+        assert values == list(range(2, 2 + len(values)))  # from the most aggressive value toward neutral
+        losses = [sweep.loss_at(gene, v) for v in values]
+        assert not any(loss <= 0 for loss in losses[:-1])  # it stops at the first value that loses nothing
+        assert losses[-1] <= 0 or values[-1] == 7
     assert table.rows < 1 + QUANT_GENES * (len(BITS) - 1)
-    assert np.sum(table["samples"]) < (1 + QUANT_GENES * (len(BITS) - 1)) * 200
     assert main(["sensitivity", "--resume", str(out)]) == 0  # complete: nothing is evaluated again
     assert results.open(out).table("sensitivity").rows == table.rows
+
+    # the starting individuals cost what those of the full sweep cost: what it skipped is never a budget's cheapest
+    # choice (settings of equal cost may differ)
+    full = tmp_path / "full.h5"
+    assert main(["sensitivity", str(write_workload(tmp_path, full_sweep(tiny_workload_dict("quantization", tmp_path)),
+                                                   "full.yaml")), "-o", str(full)]) == 0
+    budgets = [0.0, 0.002, 0.005, 0.01, 0.02, 0.05]
+    problem = _problem(workload)
+
+    def costs(genomes):
+        return sorted({problem.cost(problem.decode(g), np.zeros(len(problem.layers)), 1) for g in genomes})
+
+    assert costs(sweep.starting_genomes(problem, budgets)) == costs(
+        results.open(full).sensitivity().starting_genomes(problem, budgets))
+    assert np.sum(table["samples"]) < np.sum(results.open(full).table("sensitivity")["samples"]) * 0.8
 
 
 class _Problem:
@@ -303,7 +311,8 @@ def test_starting_genomes_solve_the_knapsack_exactly(maximize_cost):
         return (sum(loss[g, c - 1] for g, c in enumerate(choice) if c),
                 sum(sign * (cost[g, c - 1] - 12.0) for g, c in enumerate(choice) if c))
 
-    best = {b: min(s for s in map(score, product(range(4), repeat=genes)) if s[0] <= b + 1e-12)[1] for b in budgets}
+    best = {b: min(c for spent, c in map(score, product(range(4), repeat=genes)) if spent <= b + 1e-12)
+            for b in budgets}
     found = set()
     for genome in derived:
         choice = [0 if v == 8 else values.index(v) + 1 for v in genome]

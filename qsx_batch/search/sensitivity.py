@@ -7,11 +7,11 @@ again); :class:`Sensitivity` reads it back as a grid and derives starting indivi
 (``exploration.initial_population: sensitivity``).
 
 ``exploration.sensitivity.sweep: full`` evaluates every point at once. ``adaptive`` (the default) spends
-evaluations only where a starting individual could use them: the reference, then each gene's most aggressive
-value; a gene that loses no more than the smallest loss budget there is done (its cheapest value is free), the
-others are swept from their neutral value outward until one loses more than the largest budget. Every point but
-the reference is raced (stopped once its accuracy is provably below the reference minus the largest budget), so a
-point no budget could take costs a fraction of an evaluation.
+evaluations only where a starting individual could use them: the reference, then each gene from its most
+aggressive value toward neutral until a value loses nothing (the values beyond it are never a budget's cheapest
+choice, so the starting individuals are those of the full sweep). Every point but the reference is raced
+(stopped once its accuracy is provably below the reference minus the largest budget), so a point no budget could
+take costs a fraction of an evaluation.
 """
 
 from __future__ import annotations
@@ -144,13 +144,14 @@ def counts_samples(workload: WorkloadSpec) -> bool:
 
 def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float], problem: Problem,
               race: bool) -> Sensitivity:
-    """The reference, each gene's most aggressive value, then the sensitive genes from neutral outward, one value
-    per gene and round, until a value loses more than the largest budget."""
+    """The reference, then each gene from its most aggressive value toward neutral, one value per gene and round,
+    until a value loses nothing: every less aggressive value costs more and cannot lose less (losses count from
+    zero), so no budget's cheapest setting takes it and the starting individuals equal those of a full sweep.
+    Points are raced against the reference minus the largest budget (no budget takes them)."""
     result = sweep.measure([reference_point(problem)])
     if not np.isfinite(result.reference_accuracy):  # nothing to measure losses against
         return result
-    smallest, largest = min(budgets), max(budgets)
-    floor = result.reference_accuracy - largest
+    floor = result.reference_accuracy - max(budgets)
 
     def context(current: Sensitivity) -> RaceContext | None:
         done = current.ok & (current.genes >= 0)
@@ -158,11 +159,9 @@ def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float]
         return RaceContext(None, SWEEP_CONFIDENCE, floor, np.zeros((0, 2)), problem.maximize_cost,
                            history) if race else None
 
-    result = sweep.measure([points[-1] for points in genes if points], context(result))
-    step = {gene: 0 for gene, points in enumerate(genes)
-            if len(points) > 1 and not result.loss_at(gene, points[-1].value) <= smallest}
+    step = {gene: len(points) - 1 for gene, points in enumerate(genes) if points}  # outward lists: last = extreme
     while step:
         result = sweep.measure([genes[gene][i] for gene, i in step.items()], context(result))
-        step = {gene: i + 1 for gene, i in step.items()
-                if result.loss_at(gene, genes[gene][i].value) <= largest and i + 2 < len(genes[gene])}
+        step = {gene: i - 1 for gene, i in step.items()
+                if i > 0 and not result.loss_at(gene, genes[gene][i].value) <= 0}
     return result

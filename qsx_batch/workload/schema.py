@@ -231,9 +231,9 @@ class SensitivitySpec(_Strict):
         description="accuracy losses (points below the sweep's all-neutral accuracy); per budget one starting "
                     "individual: the cheapest setting whose summed single-gene losses stay within it")
     sweep: Literal["adaptive", "full"] = Field(
-        "adaptive", description="adaptive: each gene's most aggressive value first, the rest only for genes that "
-                                "lose more than the smallest budget there, outward until a value loses more than the "
-                                "largest, raced; full: every point (a complete heat map)")
+        "adaptive", description="adaptive: each gene from its most aggressive value toward neutral until a value "
+                                "loses nothing (the rest is never a budget's cheapest choice), raced; full: every "
+                                "point (a complete heat map)")
 
 
 class ExplorationSpec(_Strict):
