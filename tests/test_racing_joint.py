@@ -11,14 +11,14 @@ from qsx_batch import results
 from qsx_batch.cli import main
 from qsx_batch.errors import UserError
 from qsx_batch.evaluation.assembly import build_problem, prepare_evaluator
-from qsx_batch.evaluation.racing import RaceContext, discordance, pack_hits, paired_worse, stage_sizes, wilson_interval
+from qsx_batch.evaluation.racing import RaceContext, discordance, pack_hits, paired_worse, stage_sizes, wilson_bounds
 from qsx_batch.workload import load_workload
 
 
 def test_wilson_interval_hand_computed():
-    low, high = wilson_interval(50, 100, 0.95)  # z = 1.6449: centre 0.5, half width 0.08116
+    low, high = wilson_bounds(np.array(50), np.array(100), 1.6449)  # centre 0.5, half width 0.08116
     assert low == pytest.approx(0.41884, abs=1e-4) and high == pytest.approx(0.58116, abs=1e-4)
-    assert wilson_interval(0, 0, 0.9) == (0.0, 1.0)
+    assert tuple(map(float, wilson_bounds(np.array(0), np.array(0), 1.2816))) == (0.0, 1.0)
 
 
 def test_sign_test_on_discordant_labels_hand_computed():

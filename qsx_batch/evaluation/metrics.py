@@ -96,11 +96,15 @@ def accuracy_function(name: str) -> AccuracyFunction:
                     "count) or a list of such pairs, one per metric.")
 
 
+def counts_samples(spec: WorkloadSpec) -> bool:
+    """Whether the workload's accuracy counts correct samples, which racing's binomial bounds need."""
+    return accuracy_function(spec.model.accuracy_function).counts_samples
+
+
 def check_racing(spec: WorkloadSpec) -> None:
     """Resolve the workload's accuracy function; racing bounds accuracy with a binomial interval, so refuse it for
     metrics that are not counts of samples."""
-    counts_samples = accuracy_function(spec.model.accuracy_function).counts_samples
-    if spec.exploration.racing.enabled and not counts_samples:
+    if spec.exploration.racing.enabled and not counts_samples(spec):
         raise UserError(f"exploration.racing needs an accuracy function that counts correct samples "
                         f"({', '.join(BUILTIN)}); model.accuracy_function '{spec.model.accuracy_function}' is not "
                         "known to. Turn racing off or use a built-in metric.")

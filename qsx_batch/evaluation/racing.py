@@ -42,14 +42,6 @@ def wilson_bounds(correct: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndar
     return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
 
 
-def wilson_interval(correct: int, n: int, confidence: float) -> tuple[float, float]:
-    """One-sided Wilson score bounds (each at ``confidence``) of a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    low, high = wilson_bounds(np.array(correct), np.array(n), _z(confidence))
-    return float(low), float(high)
-
-
 def stage_sizes(stages: list[float], total: int, batch_size: int) -> list[int]:
     """Sample counts after each stage, rounded up to whole batches, strictly increasing, ending at ``total``."""
     sizes = []

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ..evaluation.metrics import accuracy_function
+from ..evaluation.metrics import counts_samples
 from ..evaluation.racing import RaceContext
 from ..evaluation.record import IndividualResult, Status, genome_key
 from ..executors.base import SENSITIVITY_STAGE, EvalRequest, Executor
@@ -52,13 +52,13 @@ def reference_point(problem: Problem) -> SweepPoint:
     return SweepPoint(-1, float("nan"), problem.neutral_genome())
 
 
-def outward_points(problem: Problem, points: int) -> list[list[SweepPoint]]:
-    """Per gene, its sweep values other than the neutral one, nearest to neutral first."""
+def inward_points(problem: Problem, points: int) -> list[list[SweepPoint]]:
+    """Per gene, its sweep values other than the neutral one, most aggressive (farthest from neutral) first."""
     neutral = problem.neutral_genome()
     out = []
     for gene in range(len(neutral)):
         values = [v for v in problem.sweep_values(gene, points) if v != neutral[gene]]
-        values.sort(key=lambda v: abs(v - neutral[gene]))
+        values.sort(key=lambda v: -abs(v - neutral[gene]))
         out.append([SweepPoint(gene, float(v), _with(neutral, gene, v)) for v in values])
     return out
 
@@ -124,7 +124,7 @@ def measure_sensitivity(problem: Problem, executor: Executor, writer: ResultsWri
     log = log or (lambda msg: print(msg, file=sys.stderr))
     spec = workload.exploration.sensitivity
     sweep = _Sweep(problem, executor, writer, progress, log)
-    genes = outward_points(problem, spec.points)
+    genes = inward_points(problem, spec.points)
     if spec.sweep == "full":
         result = sweep.measure([reference_point(problem), *(p for points in genes for p in points)])
     else:
@@ -135,11 +135,6 @@ def measure_sensitivity(problem: Problem, executor: Executor, writer: ResultsWri
             + (f", {raced} raced out" if raced else "") + ")"
             + (f", {sweep.copied} taken from the run" if sweep.copied else ""))
     return result
-
-
-def counts_samples(workload: WorkloadSpec) -> bool:
-    """Whether the accuracy counts correct samples, which racing's binomial bounds need."""
-    return accuracy_function(workload.model.accuracy_function).counts_samples
 
 
 def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float], problem: Problem,
@@ -159,9 +154,9 @@ def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float]
         return RaceContext(None, SWEEP_CONFIDENCE, floor, np.zeros((0, 2)), problem.maximize_cost,
                            history) if race else None
 
-    step = {gene: len(points) - 1 for gene, points in enumerate(genes) if points}  # outward lists: last = extreme
+    step = {gene: 0 for gene, points in enumerate(genes) if points}
     while step:
         result = sweep.measure([genes[gene][i] for gene, i in step.items()], context(result))
-        step = {gene: i - 1 for gene, i in step.items()
-                if i > 0 and not result.loss_at(gene, genes[gene][i].value) <= 0}
+        step = {gene: i + 1 for gene, i in step.items()
+                if i + 1 < len(genes[gene]) and not result.loss_at(gene, genes[gene][i].value) <= 0}
     return result
