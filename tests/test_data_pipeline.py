@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -118,6 +119,20 @@ def test_streamed_embedded_digits_score_like_resident_ones(quant_workload):
     assert scores(evaluator, streaming, genomes[1:], race) == scores(evaluator, resident, genomes[1:], race)
 
 
+def test_decoding_workers_start_once_and_serve_every_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two CPUs: two decoding workers
+    workload = load_workload(write_workload(tmp_path, image_workload(tmp_path)))
+    streaming = sources(workload)["streaming"]
+    assert isinstance(streaming, StreamingSamples)
+    passes = [list(streaming.batches()), list(streaming.batches(8, 20)), list(streaming.batches())]
+    iterator = streaming._passes.loader._iterator
+    assert len(iterator._workers) == 2 and all(w.is_alive() for w in iterator._workers)
+    list(streaming.batches(0, 8))
+    assert streaming._passes.loader._iterator is iterator  # the same worker processes, not new ones
+    assert [len(p) for p in passes] == [4, 2, 4] and all(torch.equal(a[0], b[0]) for a, b in zip(passes[0], passes[2]))
+    assert torch.equal(passes[1][0][0], passes[0][1][0]) and torch.equal(passes[1][1][0], passes[0][2][0][:4])
+
+
 def test_training_epochs_are_the_same_resident_or_streamed():
     spec = DatasetSpec(type="mnist_embedded", split="train", sample_limit=100, batch_size=32)
     resident = open_block(spec, None, 0, "train", CPU, MemoryBudget(ALL))
@@ -146,6 +161,30 @@ def test_the_cache_is_written_once_and_read_without_the_images(tmp_path, monkeyp
             open_block(other, root, 0, "exploration", CPU, MemoryBudget(ALL), folder)
     with pytest.raises(pytest.fail.Exception, match="decoded again"):  # another seed draws another subset
         open_block(spec, root, 1, "exploration", CPU, MemoryBudget(ALL), folder)
+
+
+def test_a_pass_over_the_cache_asks_the_kernel_for_the_next_batch(tmp_path):
+    workload = load_workload(write_workload(tmp_path, image_workload(tmp_path)))
+    cached = sources(workload)["cached streaming"]
+    images = cached.images
+    asked = []
+
+    class Spy:  # the map, recording what is asked of the kernel
+        def madvise(self, option, start=0, length=None):
+            asked.append((option, start, length))
+            return real.madvise(option, start, length or len(real) - start)
+
+    real, images.mapping = images.mapping, Spy()
+    try:
+        passed = list(cached.batches(0, 20))
+    finally:
+        images.mapping = real
+    row = images.array[0].nbytes
+    ahead = [(start, length) for option, start, length in asked if option == mmap.MADV_WILLNEED]
+    assert len(passed) == 3 and len(ahead) == 2  # before batches 2 and 3 (8 + 8 + 4 of 20 images)
+    for (start, length), first, last in zip(ahead, (8, 16), (16, 20)):
+        assert start % mmap.PAGESIZE == 0 and start <= images.offset + first * row
+        assert start + length == images.offset + last * row
 
 
 def test_concurrent_writers_and_readers_never_see_half_a_cache(tmp_path):

@@ -37,12 +37,53 @@ class MappedImages:
     mapping: mmap.mmap
     array: np.ndarray
     labels: torch.Tensor
+    offset: int  # of the first image in the file
 
     def release(self) -> None:
         """Drop the pages read so far from this process's memory; they stay in the page cache for the next read
         (without this a pass over a large file would count it all in the process's resident memory)."""
         if hasattr(mmap, "MADV_DONTNEED"):
             self.mapping.madvise(mmap.MADV_DONTNEED)
+
+    def prefetch(self, first: int, last: int) -> None:
+        """Ask the kernel to read images ``first:last`` into the page cache in the background, so the next batch
+        is in memory when it is copied out of the map."""
+        if not hasattr(mmap, "MADV_WILLNEED") or last <= first:
+            return
+        row = self.array[0].nbytes
+        start = self.offset + first * row
+        aligned = start - start % mmap.PAGESIZE
+        self.mapping.madvise(mmap.MADV_WILLNEED, aligned, start - aligned + (last - first) * row)
+
+
+class Staging:
+    """Host-to-device copies of batches read out of a map. On a GPU two page-locked buffers take turns: a copy
+    from page-locked memory does not wait for the GPU's queued work, so the next batch is read while the GPU
+    computes (from pageable memory the copy would be synchronous); a buffer is refilled once its last copy is
+    done. Elsewhere a batch is copied out of the map into its own tensor."""
+
+    def __init__(self, device: torch.device, images: tuple[int, ...], labels: tuple[int, ...], dtype: torch.dtype):
+        self.device = device
+        self.shapes = (images, labels, dtype)  # of a whole batch
+        self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+        self.turn = 0
+
+    def put(self, images: np.ndarray, labels: torch.Tensor) -> Batch:
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.array(images)).to(self.device), labels.to(self.device)
+        if len(self.slots) < 2:  # allocated once: page-locking memory is slow
+            shape, label_shape, dtype = self.shapes
+            self.slots.append((torch.empty(shape, dtype=torch.uint8, pin_memory=True),
+                               torch.empty(label_shape, dtype=dtype, pin_memory=True), torch.cuda.Event()))
+        host_images, host_labels, done = self.slots[self.turn]
+        self.turn = 1 - self.turn
+        done.synchronize()  # this buffer's copy of two batches ago has finished
+        n = len(labels)
+        np.copyto(host_images[:n].numpy(), images)
+        host_labels[:n].copy_(labels)
+        batch = (host_images[:n].to(self.device, non_blocking=True), host_labels[:n].to(self.device, non_blocking=True))
+        done.record()
+        return batch
 
 
 class CacheFile:
@@ -101,7 +142,7 @@ class CacheFile:
                 offset = f.tell()
                 mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             images = MappedImages(mapping, np.ndarray(shape, dtype, buffer=mapping, offset=offset),
-                                  torch.from_numpy(np.load(self.labels_path)))
+                                  torch.from_numpy(np.load(self.labels_path)), offset)
         except (OSError, ValueError, TypeError) as exc:
             raise UserError(f"Data cache file {self.images_path} cannot be read ({exc}); delete it and "
                             f"{self.labels_path.name} beside it, and run again to rebuild them.") from None
@@ -123,6 +164,9 @@ class CachedSamples(FixedSubset):
     def __post_init__(self):
         self.labels = self.images.labels
         self.normalize = normalizer(self.normalization, self.device)
+        size = self.batch_size
+        self.staging = Staging(self.device, (size, *self.images.array.shape[1:]), (size, *self.labels.shape[1:]),
+                               self.labels.dtype)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -137,6 +181,8 @@ class CachedSamples(FixedSubset):
         for first in range(start, stop, self.batch_size):
             last = min(first + self.batch_size, stop)
             rows = slice(first, last) if order is None else order[first:last].numpy()
-            inputs = torch.from_numpy(np.array(self.images.array[rows]))
+            batch = self.staging.put(self.images.array[rows], self.labels[rows])
             self.images.release()
-            yield inputs.to(self.device, non_blocking=True), self.labels[rows].to(self.device)
+            if order is None:
+                self.images.prefetch(last, min(last + self.batch_size, stop))
+            yield batch

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from ..errors import UserError
@@ -66,13 +66,36 @@ def worker_errors() -> Iterator[None]:
         raise UserError(text.rstrip().rpartition("UserError: ")[2]) from None
 
 
+def _on_device(loader: DataLoader, device: torch.device) -> Iterator[Batch]:
+    """A loader's batches, copied to ``device`` without waiting for the copy (pinned memory on a GPU)."""
+    with worker_errors():
+        for inputs, labels in loader:
+            yield inputs.to(device, non_blocking=True), torch.as_tensor(labels).long().to(device, non_blocking=True)
+
+
 def device_batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> Iterator[Batch]:
     """Batches of ``dataset`` in its order, loaded by ``workers`` processes, moved to ``device`` as they are."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())  # leaves torch's seed alone
-    with worker_errors():
-        for inputs, labels in loader:
-            yield inputs.to(device, non_blocking=True), torch.as_tensor(labels).long().to(device)
+    return _on_device(loader, device)
+
+
+class PassLoader:
+    """One DataLoader for every pass over a map-style dataset, one pass at a time: its decoding workers start once
+    and serve each pass (its batch sampler is the list of the current pass's batches, refilled as a pass starts),
+    instead of starting again for every individual."""
+
+    def __init__(self, dataset: Dataset, workers: int, device: torch.device):
+        self.batches: list[list[int]] = []
+        self.device = device
+        self.loader = DataLoader(dataset, batch_sampler=self.batches, num_workers=workers,
+                                 persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                                 generator=torch.Generator())
+
+    def run(self, batches: list[list[int]]) -> Iterator[Batch]:
+        """The batches of dataset indices ``batches``, decoded and on the device."""
+        self.batches[:] = batches
+        yield from _on_device(self.loader, self.device)
 
 
 class Source(Protocol):
@@ -177,7 +200,8 @@ class Samples(FixedSubset):
 
 @dataclass(eq=False)
 class StreamingSamples(FixedSubset):
-    """The subset ``index`` of a dataset, decoded batch by batch (DataLoader workers) on every pass."""
+    """The subset ``index`` of a dataset, decoded batch by batch on every pass by DataLoader workers that start
+    with the first pass and serve the others (:class:`PassLoader`)."""
 
     dataset: Dataset
     index: torch.Tensor
@@ -188,6 +212,7 @@ class StreamingSamples(FixedSubset):
     def __post_init__(self):
         self.normalize = normalizer(self.normalization, self.device)
         self.in_memory = isinstance(self.dataset, TensorDataset)  # nothing to decode: no workers
+        self._passes: PassLoader | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -200,6 +225,9 @@ class StreamingSamples(FixedSubset):
     def raw_batches(self, start: int = 0, stop: int | None = None,
                     order: torch.Tensor | None = None) -> Iterator[Batch]:
         positions = slice(start, self._stop(stop))
-        chosen = self.index[positions] if order is None else self.index[order[positions]]
-        workers = 0 if self.in_memory else decoding_workers(-(-len(chosen) // self.batch_size))
-        return device_batches(Subset(self.dataset, chosen.tolist()), self.batch_size, workers, self.device)
+        chosen = (self.index[positions] if order is None else self.index[order[positions]]).tolist()
+        if self._passes is None:  # its workers, one per CPU up to one per batch of the whole subset, live on
+            workers = 0 if self.in_memory else decoding_workers(-(-len(self) // self.batch_size))
+            self._passes = PassLoader(self.dataset, workers, self.device)
+        size = self.batch_size
+        return self._passes.run([chosen[i:i + size] for i in range(0, len(chosen), size)])

@@ -5,6 +5,7 @@ inference with the same numbers."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ with warnings.catch_warnings():
 import torch.nn.functional as F
 
 from .attention import AttentionMatmul, InProjection
+from .fused import Fused
 from .layers import set_submodule
 
 absl_logging.set_verbosity(absl_logging.ERROR)
@@ -108,16 +110,55 @@ def split_quantizer_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], di
             {k: v for k, v in state.items() if "_quantizer." in k})
 
 
-def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
-    """pytorch-quantization's signed fake quantization bit for bit, ``clamp(round(x * s), -b, b) / s`` with
-    ``b = 2**(num_bits-1) - 1`` and ``s = b / amax`` (0 where amax <= 2**-24, and 1 for the division there),
-    computed in place with scalar clamp bounds and no host synchronisation."""
-    max_bound = 2.0 ** (num_bits - 1) - 1.0
-    scale = torch.full_like(amax, max_bound) / amax
+def quantize_dequantize(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
+                        high: Any) -> torch.Tensor:
+    """``clamp(round(x * s), low, high) / s`` with ``s = max_bound / amax`` (0 where amax <= 2**-24, and 1 for
+    the division there): pytorch-quantization's arithmetic, in place on one intermediate, without host
+    synchronisation. ``low`` and ``high`` are numbers (eager: scalar clamp bounds are the fast ones on the CPU) or
+    0-d tensors (compiled: one graph for every bit width)."""
+    scale = max_bound / amax
     zero = amax <= 1.0 / (1 << 24)
     out = inputs * torch.where(zero, 0.0, scale)
-    out.round_().clamp_(-max_bound if narrow_range else -max_bound - 1.0, max_bound)
+    out.round_().clamp_(low, high)
     return out.div_(torch.where(zero, 1.0, scale))
+
+
+FUSED_FAKE_QUANT = Fused(quantize_dequantize)
+
+
+def _bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
+    """The signed integer grid's (low, high): ``high = 2**(num_bits-1) - 1``, ``low = -high`` when narrow."""
+    high = 2.0 ** (num_bits - 1) - 1.0
+    return (-high if narrow_range else -high - 1.0), high
+
+
+_BOUND_TENSORS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
+    """pytorch-quantization's signed fake quantization bit for bit (:func:`quantize_dequantize`): one fused kernel
+    on a GPU (:data:`FUSED_FAKE_QUANT`), torch's eager kernels elsewhere."""
+    low, high = _bounds(num_bits, narrow_range)
+    if not FUSED_FAKE_QUANT.active(inputs):
+        return quantize_dequantize(inputs, amax, torch.full_like(amax, high), low, high)
+    key = (inputs.device, num_bits, narrow_range)
+    if key not in _BOUND_TENSORS:
+        _BOUND_TENSORS[key] = (torch.tensor(low, device=inputs.device), torch.tensor(high, device=inputs.device))
+    low_t, high_t = _BOUND_TENSORS[key]
+    x, a = _flat(inputs, amax)
+    return FUSED_FAKE_QUANT(x, a, high_t, low_t, high_t).view(inputs.shape)
+
+
+def _flat(inputs: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inputs`` and ``amax`` as (n,) and () for one amax, as (C, n) and (C, 1) for one amax per slice of the
+    first axis, so every tensor rank shares two compiled graphs (others as they are)."""
+    if not inputs.is_contiguous():
+        return inputs, amax
+    if amax.numel() == 1:
+        return inputs.view(-1), amax.reshape(())
+    if amax.dim() == inputs.dim() and amax.shape[0] == inputs.shape[0] and amax[0].numel() == 1:
+        return inputs.view(inputs.shape[0], -1), amax.reshape(-1, 1)
+    return inputs, amax
 
 
 class InferenceTensorQuantizer(quant_nn.TensorQuantizer):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..models.fused import Fused
 from ..models.layers import LayerInfo
 from ..workload import ExtraArgs, WorkloadSpec
 from .base import Problem
@@ -54,92 +55,113 @@ def tiles_per_sample(shape: tuple[int, ...], block: tuple[int, int], linear: boo
     return -(-features // min(bh * bw, features))
 
 
+def tiles(x: torch.Tensor, block: tuple[int, int], tokens: bool) -> torch.Tensor:
+    """``x`` zero-padded to whole tiles and viewed tile by tile: (N, C, H/bh, bh, W/bw, bw) for a feature map,
+    (G, L/bh, bh, F/bw, bw) for ``tokens`` x features (G: all leading dimensions), (N, F/(bh*bw), bh*bw) for any
+    other input (flattened per sample). A side shorter than a tile is one tile."""
+    if tokens:
+        rows = x.reshape(-1, x.shape[-2], x.shape[-1])
+        bh, bw = min(block[0], rows.shape[1]), min(block[1], rows.shape[2])
+        pad_l, pad_f = -rows.shape[1] % bh, -rows.shape[2] % bw
+        if pad_l or pad_f:
+            rows = F.pad(rows, (0, pad_f, 0, pad_l))
+        g, length, features = rows.shape
+        return rows.reshape(g, length // bh, bh, features // bw, bw)
+    if x.dim() == 4:
+        bh, bw = min(block[0], x.shape[2]), min(block[1], x.shape[3])
+        pad_h, pad_w = -x.shape[2] % bh, -x.shape[3] % bw
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        n, c, h, w = x.shape
+        return x.reshape(n, c, h // bh, bh, w // bw, bw)
+    flat = x.reshape(x.shape[0], -1)
+    run = min(block[0] * block[1], flat.shape[1])
+    pad = -flat.shape[1] % run
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    return flat.reshape(flat.shape[0], -1, run)
+
+
+def _rows_axis(tiled: torch.Tensor) -> int | None:
+    """The axis of the rows within a tile, after the last axis is reduced (None: a tile is one run)."""
+    return {6: 3, 5: 2}.get(tiled.dim())
+
+
+def magnitudes(tiled: torch.Tensor) -> torch.Tensor:
+    """Largest absolute value of every tile (zero padding never raises it)."""
+    mags = tiled.abs().amax(-1)
+    axis = _rows_axis(tiled)
+    return mags if axis is None else mags.amax(axis)
+
+
+def spread(keep: torch.Tensor, tiled: torch.Tensor) -> torch.Tensor:
+    """The 0/1 per-tile mask laid out along each tile's last axis, to broadcast over ``tiled`` (a contiguous
+    inner run per row of tiles multiplies several times faster than a stride-0 one)."""
+    mask = keep.to(tiled.dtype).unsqueeze(-1).expand(*keep.shape, tiled.shape[-1]).contiguous()
+    axis = _rows_axis(tiled)
+    return mask if axis is None else mask.unsqueeze(axis)
+
+
+def untile(tiled: torch.Tensor, like: torch.Tensor, tokens: bool) -> torch.Tensor:
+    """Tiles back in the shape of the input ``like``, padding cut off."""
+    if tokens:
+        g, rows, bh, cols, bw = tiled.shape
+        return tiled.reshape(g, rows * bh, cols * bw)[:, : like.shape[-2], : like.shape[-1]].reshape(like.shape)
+    if like.dim() == 4:
+        n, c, rows, bh, cols, bw = tiled.shape
+        return tiled.reshape(n, c, rows * bh, cols * bw)[:, :, : like.shape[2], : like.shape[3]]
+    return tiled.reshape(like.shape[0], -1)[:, : like[0].numel()].reshape(like.shape)
+
+
+def sparsify(x: torch.Tensor, threshold: torch.Tensor | float, counts: torch.Tensor, block: tuple[int, int],
+             tokens: bool, mask: bool = True) -> torch.Tensor:
+    """``x`` with every tile whose magnitude is below ``threshold`` set to zero (``mask`` false: ``x`` itself);
+    adds the tiles, the tiles already zero and the tiles below the threshold to ``counts``, on the device."""
+    tiled = tiles(x, block, tokens)
+    mags = magnitudes(tiled)
+    keep = mags >= threshold
+    counts[0] += mags.numel()
+    counts[1] += (mags == 0).sum()
+    counts[2] += keep.numel() - keep.sum()
+    return untile(tiled * spread(keep, tiled), x, tokens) if mask else x
+
+
+FUSED_SPARSIFY = Fused(sparsify)
+
+
 class BlockSparsifier:
     """A forward pre-hook that zeroes sub-threshold tiles of a layer's input and counts tiles (``linear``: the
-    input of a Linear layer, tiled tokens x features)."""
+    input of a Linear layer, tiled tokens x features): one fused function on a GPU (:data:`FUSED_SPARSIFY`, the
+    threshold a tensor there); eager elsewhere, where a zero threshold only counts."""
 
     def __init__(self, block: tuple[int, int], device: torch.device, linear: bool = False):
         self.block = block
         self.linear = linear
+        self.counts = torch.zeros(3, dtype=torch.long, device=device)  # tiles, already zero, below the threshold
+        self.total, self.already, self.below = self.counts.unbind()  # views
+        self._threshold = torch.zeros((), device=device)
         self.threshold = 0.0
-        self.total = torch.zeros((), dtype=torch.long, device=device)
-        self.already = torch.zeros((), dtype=torch.long, device=device)
-        self.below = torch.zeros((), dtype=torch.long, device=device)
+
+    @property
+    def threshold(self) -> float:
+        return self._value
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._value = float(value)
+        self._threshold.fill_(self._value)
 
     def reset(self) -> None:
-        for counter in (self.total, self.already, self.below):
-            counter.zero_()
+        self.counts.zero_()
 
-    def _tokens(self, x: torch.Tensor) -> bool:
-        return self.linear and x.dim() >= 3
-
-    def tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` zero-padded to whole tiles and viewed tile by tile: (N, C, H/bh, bh, W/bw, bw) for a feature map,
-        (G, L/bh, bh, F/bw, bw) for tokens x features (G: all leading dimensions), (N, F/(bh*bw), bh*bw) for any
-        other input (flattened per sample). A side shorter than a tile is one tile."""
-        if self._tokens(x):
-            rows = x.reshape(-1, x.shape[-2], x.shape[-1])
-            bh, bw = min(self.block[0], rows.shape[1]), min(self.block[1], rows.shape[2])
-            pad_l, pad_f = -rows.shape[1] % bh, -rows.shape[2] % bw
-            if pad_l or pad_f:
-                rows = F.pad(rows, (0, pad_f, 0, pad_l))
-            g, length, features = rows.shape
-            return rows.reshape(g, length // bh, bh, features // bw, bw)
-        if x.dim() == 4:
-            bh, bw = min(self.block[0], x.shape[2]), min(self.block[1], x.shape[3])
-            pad_h, pad_w = -x.shape[2] % bh, -x.shape[3] % bw
-            if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h))
-            n, c, h, w = x.shape
-            return x.reshape(n, c, h // bh, bh, w // bw, bw)
-        flat = x.reshape(x.shape[0], -1)
-        run = min(self.block[0] * self.block[1], flat.shape[1])
-        pad = -flat.shape[1] % run
-        if pad:
-            flat = F.pad(flat, (0, pad))
-        return flat.reshape(flat.shape[0], -1, run)
-
-    @staticmethod
-    def _rows_axis(tiles: torch.Tensor) -> int | None:
-        """The axis of the rows within a tile, after the last axis is reduced (None: a tile is one run)."""
-        return {6: 3, 5: 2}.get(tiles.dim())
-
-    @classmethod
-    def magnitudes(cls, tiles: torch.Tensor) -> torch.Tensor:
-        """Largest absolute value of every tile (zero padding never raises it)."""
-        mags = tiles.abs().amax(-1)
-        axis = cls._rows_axis(tiles)
-        return mags if axis is None else mags.amax(axis)
-
-    @classmethod
-    def spread(cls, keep: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
-        """The 0/1 per-tile mask laid out along each tile's last axis, to broadcast over ``tiles`` (a
-        contiguous inner run per row of tiles multiplies several times faster than a stride-0 one)."""
-        mask = keep.to(tiles.dtype).unsqueeze(-1).expand(*keep.shape, tiles.shape[-1]).contiguous()
-        axis = cls._rows_axis(tiles)
-        return mask if axis is None else mask.unsqueeze(axis)
-
-    def untile(self, tiles: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Tiles back in the shape of the input ``like``, padding cut off."""
-        if self._tokens(like):
-            g, rows, bh, cols, bw = tiles.shape
-            return tiles.reshape(g, rows * bh, cols * bw)[:, : like.shape[-2], : like.shape[-1]].reshape(like.shape)
-        if like.dim() == 4:
-            n, c, rows, bh, cols, bw = tiles.shape
-            return tiles.reshape(n, c, rows * bh, cols * bw)[:, :, : like.shape[2], : like.shape[3]]
-        return tiles.reshape(like.shape[0], -1)[:, : like[0].numel()].reshape(like.shape)
-
-    def __call__(self, module: nn.Module, inputs: tuple) -> tuple:
+    def __call__(self, module: nn.Module, inputs: tuple) -> tuple | None:
         x = inputs[0]
-        tiles = self.tiles(x)
-        mags = self.magnitudes(tiles)
-        self.total += mags.numel()
-        self.already += (mags == 0).sum()
-        if self.threshold <= 0.0:
-            return None
-        keep = mags >= self.threshold
-        self.below += keep.numel() - keep.sum()
-        return (self.untile(tiles * self.spread(keep, tiles), x), *inputs[1:])
+        tokens = self.linear and x.dim() >= 3
+        if FUSED_SPARSIFY.active(x):
+            return (FUSED_SPARSIFY(x, self._threshold, self.counts, self.block, tokens), *inputs[1:])
+        masked = self.threshold > 0.0
+        out = sparsify(x, self.threshold, self.counts, self.block, tokens, masked)
+        return (out, *inputs[1:]) if masked else None
 
 
 class SparsityProblem(Problem):
@@ -214,7 +236,7 @@ class SparsityProblem(Problem):
 
     def read_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per layer: tiles seen, tiles already zero, tiles newly zeroed since the last ``configure``."""
-        stacked = torch.stack([torch.stack([h.total, h.already, h.below]) for h in self.hooks]).cpu().numpy()
+        stacked = torch.stack([h.counts for h in self.hooks]).cpu().numpy()
         total, already, below = stacked[:, 0], stacked[:, 1], stacked[:, 2]
         return total, already, below - np.minimum(below, already)
 
