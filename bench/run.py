@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 
 from qsx_batch.data import Samples
-from qsx_batch.evaluation.assembly import build_problem, load_block, load_model
+from qsx_batch.evaluation.assembly import build_problem, load_block, load_model, set_gpu_math
 from qsx_batch.evaluation.calibration import calibrate
 from qsx_batch.evaluation.evaluator import Evaluator
 from qsx_batch.evaluation.record import IndividualResult
@@ -189,11 +189,11 @@ def gpu_agreement(cases: list[Case], device: torch.device) -> dict:
     chosen = [c for c in cases if c.model == "lenet5"][:1] + [c for c in cases if c.name.startswith("resnet18_32")]
     found = {}
     for math_ in ("tf32", "strict"):
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = math_ == "tf32"
+        set_gpu_math(math_)
         for case in chosen:
             for kind in ("quant", "sparse"):
                 found[f"{case.name} {kind} {math_}"] = cpu_agreement(kind, case, device)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    set_gpu_math("tf32")  # the workloads' default
     return found
 
 

@@ -211,11 +211,17 @@ def search_datasets(workload: Workload) -> tuple[str, ...]:
     return ("exploration",) + (("baseline",) if workload.spec.exploration.datasets.baseline is not None else ())
 
 
-def use_gpu_math(workload: Workload) -> None:
-    """Set torch's TF32 switches for cuDNN and matmuls from ``exploration.gpu_math`` (they only act on a GPU)."""
-    tf32 = workload.spec.exploration.gpu_math == "tf32"
+def set_gpu_math(choice: str) -> None:
+    """Set torch's TF32 switches for cuDNN and matmuls for an ``exploration.gpu_math`` choice (tf32 or strict;
+    they only act on a GPU)."""
+    tf32 = choice == "tf32"
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def use_gpu_math(workload: Workload) -> None:
+    """:func:`set_gpu_math` from the workload's ``exploration.gpu_math``."""
+    set_gpu_math(workload.spec.exploration.gpu_math)
 
 
 def prepare_evaluator(workload: Workload, device: torch.device | None = None,
