@@ -284,6 +284,7 @@ def test_one_reader_handle_sees_rows_and_text_as_they_are_committed(run_file, tm
                 blocks_created=template["blocks_created"][0], eval_seconds=0.01, host=f"host-{i}", device="cpu",
                 status=Status.FAILED, error=f"error {i}")
             writer.append_individual(result, generation=2, fitness=(-0.5, 40.0), constraint=0.0)
+            writer.commit()  # a row at a time (the run commits once a second: see the next test)
             time.sleep(0.05)
         out, err = reader.communicate(timeout=150)
     assert reader.returncode == 0, err
@@ -291,6 +292,56 @@ def test_one_reader_handle_sees_rows_and_text_as_they_are_committed(run_file, tm
     seen = {int(k): tuple(v) for k, v in report["seen"].items()}
     assert [seen[stored + i] for i in range(added)] == [(f"error {i}", f"host-{i}") for i in range(added)]
     assert report["counts"] > 2  # it read while rows arrived, not once at the end
+
+
+
+def test_held_rows_are_committed_within_commit_seconds_and_survive_sigkill(run_file, tmp_path):
+    """A writer process holds rows for batched commits; its commit thread writes them within COMMIT_SECONDS with no
+    further call, so a SIGKILL after that loses none, and a SWMR reader saw them arrive in more than one batch."""
+    copy = shutil.copy(run_file, tmp_path / "killed.h5")
+    stored, added = results.open(copy).count, 12
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from qsx_batch import results
+        from qsx_batch.evaluation.record import IndividualResult
+        from qsx_batch.store import open_for_append
+        from qsx_batch.store.writer import COMMIT_SECONDS
+        template = results.open(sys.argv[1]).individuals
+        writer = open_for_append(Path(sys.argv[1]))
+        for i in range(int(sys.argv[2])):
+            result = IndividualResult(
+                genome=template["genome"][0], params=template["params"][0], accuracy=0.5, correct=100,
+                samples=200, cost=40.0, blocks_total=template["blocks_total"][0],
+                blocks_already=template["blocks_already"][0], blocks_created=template["blocks_created"][0],
+                eval_seconds=0.2, host=f"host-{i}", device="cpu", error=f"row {i}")
+            writer.append_individual(result, generation=2, fitness=(-0.5, 40.0), constraint=0.0)
+            time.sleep(0.2)  # an evaluation
+        time.sleep(COMMIT_SECONDS + 1.0)
+        print("appended", flush=True)
+        time.sleep(600)  # killed here, never closed
+    """), str(copy), str(added)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    counts = set()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and writer.poll() is None:
+            try:
+                with h5py.File(copy, "r", swmr=True) as f:
+                    counts.add(int(f["individuals/count"][()]))
+            except OSError:  # the file between a writer's open and SWMR mode
+                pass
+            if max(counts, default=0) >= stored + added:
+                break
+            time.sleep(0.05)
+        assert writer.stdout.readline().strip() == "appended", writer.stderr.read()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert writer.returncode == -9
+    kept = results.open(copy)
+    assert kept.count == stored + added
+    assert list(kept.individuals["error"][stored:]) == [f"row {i}" for i in range(added)]
+    assert len({c for c in counts if stored < c < stored + added}) >= 1  # rows arrived in batches while it ran
 
 
 # -- format 1 -----------------------------------------------------------------------------------------------------

@@ -101,6 +101,8 @@ class _Scored:
     constraint: float
     samples: int
     seconds: float
+    objectives: tuple[float, float]
+    status: str
 
 
 class Search:
@@ -125,7 +127,12 @@ class Search:
         ind = self.writer.read("individuals")
         for i, genome in enumerate(ind.get("genome", [])):
             self.cache[genome_key(genome)] = _Scored(i, tuple(ind["fitness"][i]), float(ind["constraint"][i]),
-                                                    int(ind["samples"][i]), float(ind["eval_seconds"][i]))
+                                                    int(ind["samples"][i]), float(ind["eval_seconds"][i]),
+                                                    tuple(ind["objectives"][i]), str(ind["status"][i]))
+        # what the individuals table holds, kept up to date as rows are stored: a generation's record reads nothing
+        self.stored_rows = ind.rows
+        self.stored_seconds = float(np.sum(ind.get("eval_seconds", 0.0)))
+        self.stored_samples = int(np.sum(ind.get("samples", 0)))
         self._load_sweep()
         self.stored_generations = len(self.writer.read("generations")["evaluated"])
         self.stored_minimum = self.writer.minimum_accuracy()
@@ -145,10 +152,6 @@ class Search:
         genomes it has not met, and raced-out ones it evaluated again."""
         only = [spent for key, spent in self.sweep_spent.items() if key not in self.cache or key not in self.swept]
         return float(sum(s for s, _ in only)), int(sum(n for _, n in only))
-
-    def _log(self, msg: str) -> None:
-        if self.options.verbose:
-            self.options.log(msg)
 
     # -- baseline ---------------------------------------------------------------------------------------------
     def run_baseline(self) -> None:
@@ -267,21 +270,25 @@ class Search:
         """Score one result, append it to the individuals and cache it."""
         fitness, constraint = self._score(result)
         row = self.writer.append_individual(result, generation, fitness, constraint, attempt)
-        self.cache[genome_key(result.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds)
+        self.cache[genome_key(result.genome)] = _Scored(row, fitness, constraint, result.samples, result.eval_seconds,
+                                                        (result.accuracy, result.cost), str(result.status))
+        self.stored_rows = row + 1
+        self.stored_seconds += result.eval_seconds
+        self.stored_samples += result.samples
         if result.hits is not None:  # racing compares later individuals with this one, label by label
             self.hits[genome_key(result.genome)] = pack_hits(result.hits)
-        self._log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
-                  f"{result.cost:.6g} params {np.array2string(result.params, precision=3, max_line_width=200)}"
-                  + (f" [{result.status}: {result.error}]" if not result.ok else ""))
+        if self.options.verbose:  # formatting the line costs more than storing the row
+            self.options.log(f"gen {generation} #{row}: accuracy {result.accuracy:.4f} {self.problem.cost_name} "
+                             f"{result.cost:.6g} params "
+                             f"{np.array2string(result.params, precision=3, max_line_width=200)}"
+                             + (f" [{result.status}: {result.error}]" if not result.ok else ""))
 
-    def _record_generation(self, population_rows: list[int]) -> None:
-        ind = self.writer.read("individuals")
+    def _record_generation(self, population: list[_Scored]) -> None:
         sweep_seconds, sweep_samples = self._sweep_only()
-        seconds = float(np.sum(ind["eval_seconds"])) + sweep_seconds
-        samples = int(np.sum(ind["samples"])) + sweep_samples
-        hv = hypervolume(ind["objectives"][population_rows], ind["constraint"][population_rows],
-                         ind["status"][population_rows], self.writer.header)
-        self.writer.append_generation(population_rows, len(ind["accuracy"]), seconds, samples, hv)
+        hv = hypervolume(np.array([s.objectives for s in population]), np.array([s.constraint for s in population]),
+                         np.array([s.status for s in population]), self.writer.header)
+        self.writer.append_generation([s.row for s in population], self.stored_rows,
+                                      self.stored_seconds + sweep_seconds, self.stored_samples + sweep_samples, hv)
 
     def starting_genomes(self) -> np.ndarray:
         """Generation 0 besides the random individuals: derived from the sensitivity sweep (measured first where
@@ -316,7 +323,7 @@ class Search:
             kwargs = {"G": np.array([[s.constraint] for s in scored])} if constrained else {}
             PymooEvaluator().eval(StaticProblem(pproblem, F=F, **kwargs), pop)
             algorithm.tell(infills=pop)
-            survivors = [self.cache[genome_key(x)].row for x in algorithm.pop.get("X")]
+            survivors = [self.cache[genome_key(x)] for x in algorithm.pop.get("X")]
             if generation >= self.stored_generations:
                 self._record_generation(survivors)
             gen_bar.update(1)

@@ -141,15 +141,18 @@ class Table(Mapping[str, np.ndarray]):
         return pd.DataFrame(data, index=pd.RangeIndex(self.rows, name="row"))
 
 
-def read_table(f: h5py.File, name: str) -> Table:
-    """Every column of a table, cut to its committed row count (text decoded), in the layout's order, with the
-    meaning of each column."""
+def read_table(f: h5py.File, name: str, columns: list[str] | None = None,
+               datasets: dict[str, h5py.Dataset] | None = None) -> Table:
+    """Every column of a table (only ``columns`` when given), cut to its committed row count (text decoded), in
+    the layout's order, with the meaning of each column; ``datasets``: the table's columns when the caller has
+    looked them up already (the writer does, once: looking them up costs more than reading a few)."""
     group = f[name]
     count = table_count(group)
     layout = TABLE_COLUMNS.get(name, {})
     order = {key: i for i, key in enumerate(layout)}
+    wanted = {key: ds for key, ds in (datasets or table_columns(group)).items() if columns is None or key in columns}
     columns = {}
-    for key, ds in sorted(table_columns(group).items(), key=lambda item: order.get(item[0], len(order))):
+    for key, ds in sorted(wanted.items(), key=lambda item: order.get(item[0], len(order))):
         if f.mode == "r":
             ds.refresh()
         columns[key] = ds.asstr()[:count] if h5py.check_string_dtype(ds.dtype) else ds[:count]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -58,6 +59,7 @@ from .reader import (
 
 NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."  # netCDF-4's name of a plain dimension
 SCALE_ATTRIBUTES = {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "DIMENSION_LABELS"}  # H5DS bookkeeping
+COMMIT_SECONDS = 1.0  # the longest a held row waits for its commit: what a SIGKILL can lose
 TEXT_COMPRESSION = {"compression": "gzip", "compression_opts": 1}  # fixed-width text is mostly padding
 
 
@@ -139,10 +141,11 @@ def _axes(header: RunHeader) -> dict[str, int | list[str]]:
 
 class _Table:
     """Appends rows to one table: column datasets looked up once and grown ``GROW_ROWS`` rows (one chunk) at a
-    time, with the ``row`` scale, so an append is one write per column; :meth:`trim` cuts them back to the
-    committed rows."""
+    time, with the ``row`` scale. Rows are added in memory and committed in batches, one write per column for
+    the whole batch; :meth:`trim` cuts the columns back to the committed rows."""
 
     def __init__(self, group: h5py.Group):
+        self.name = group.name.lstrip("/")
         self.count = group["count"]
         self.file = group.file
         self.columns = table_columns(group)
@@ -151,48 +154,57 @@ class _Table:
                             if (info := h5py.check_string_dtype(ds.dtype)) and info.length}  # format 1: none
         self.rows = table_count(group)
         self.capacity = min((ds.shape[0] for ds in self.columns.values()), default=0)
-        self._spaces()
+        self.pending: list[dict[str, Any]] = []
+        # per column its low-level handle, dtype and one row's shape, looked up once (h5py's properties each
+        # cost an HDF5 call, and a commit would otherwise spend more on them than on writing)
+        self.layout = {name: (ds.id, ds.dtype, ds.shape[1:]) for name, ds in self.columns.items()}
 
-    def _spaces(self) -> None:
-        """Per column its dtype, one row's shape, and the file and memory dataspaces of one row, made once per size:
-        a row is then written with HDF5's own call per column (h5py's indexing costs ten times more per write)."""
-        self.writes = {}
-        for name, ds in self.columns.items():
-            one = (1, *ds.shape[1:])
-            self.writes[name] = (ds.id, ds.dtype, one, ds.id.get_space(), h5py.h5s.create_simple(one))
+    def add(self, row: dict[str, Any]) -> int:
+        """Hold one row for the next :meth:`commit`; returns the row index it will have."""
+        self.pending.append(row)
+        return self.rows + len(self.pending) - 1
 
     def _resize(self, rows: int) -> None:
         for ds in self.growing:
             if ds.shape[0] != rows:
                 ds.resize(rows, axis=0)
         self.capacity = rows
-        self._spaces()
 
-    def _write(self, name: str, index: int, value: Any) -> None:
-        dataset, dtype, one, file_space, memory_space = self.writes[name]
-        file_space.select_hyperslab((index,) + (0,) * (len(one) - 1), one)
-        dataset.write(memory_space, file_space, np.ascontiguousarray(value, dtype=dtype).reshape(one))
+    def _column(self, name: str, values: list[Any]) -> np.ndarray:
+        """One column of the pending rows as one array: enums by value, text cut to its width, a vector shorter
+        than its column padded with NaN."""
+        _, dtype, shape = self.layout[name]
+        values = [v.value if isinstance(v, Enum) else v for v in values]
+        if name in self.text_widths:
+            values = [_fit_text(v, self.text_widths[name]) for v in values]
+        elif len(shape) == 1:
+            width = shape[0]
+            values = [v if np.ndim(v) != 1 or len(v) >= width else np.concatenate([v, np.full(width - len(v), np.nan)])
+                      for v in values]
+        return np.ascontiguousarray(np.asarray(values, dtype=dtype).reshape(len(values), *shape))
 
-    def append(self, row: dict[str, Any]) -> int:
-        """Write one row into every column and flush, then bump ``count`` (the commit point) and flush: a
-        committed row's data is on disk before ``count`` says it exists. Columns the table lacks (a file of an
-        older format) are left out; a vector shorter than its column is padded with NaN."""
-        index = self.rows
-        if index >= self.capacity:
-            self._resize(index + GROW_ROWS)
-        for name, value in row.items():
+    def write_pending(self) -> None:
+        """Write the pending rows into every column, one HDF5 call per column (h5py's indexing costs ten times
+        more); columns the table lacks (a file of an older format) are left out. Not committed yet: see
+        :meth:`ResultsWriter.commit`."""
+        start, n = self.rows, len(self.pending)
+        if start + n > self.capacity:
+            self._resize(-(-(start + n) // GROW_ROWS) * GROW_ROWS)
+        for name in self.pending[0]:
             if name not in self.columns:
                 continue
-            value = value.value if isinstance(value, Enum) else value
-            one = self.writes[name][2]
-            if len(one) == 2 and np.ndim(value) == 1 and len(value) < one[1]:
-                value = np.concatenate([value, np.full(one[1] - len(value), np.nan)])
-            self._write(name, index, _fit_text(value, self.text_widths[name]) if name in self.text_widths else value)
-        self.file.flush()
-        self.count[...] = index + 1
-        self.file.flush()
-        self.rows = index + 1
-        return index
+            data = self._column(name, [row[name] for row in self.pending])
+            dataset = self.layout[name][0]
+            space = dataset.get_space()
+            space.select_hyperslab((start,) + (0,) * (data.ndim - 1), data.shape)
+            dataset.write(h5py.h5s.create_simple(data.shape), space, data)
+
+    def write_count(self) -> None:
+        """Bump ``count`` over the written rows (the commit point, once flushed); they are no longer pending."""
+        rows = self.rows + len(self.pending)
+        self.count.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(rows, dtype=self.count.dtype))
+        self.rows = rows
+        self.pending = []
 
     def trim(self) -> None:
         """Cut every column to the committed rows (rows beyond ``count`` are spare or from a killed writer)."""
@@ -216,7 +228,12 @@ def _result_row(result: IndividualResult, generation: int, fitness: tuple, const
 
 class ResultsWriter:
     """The single writer of a results file (holds an exclusive lock file beside it); it also answers what the
-    file holds, so a resumed run reads its state through the handle it writes with."""
+    file holds, so a resumed run reads its state through the handle it writes with.
+
+    Individuals and sweep points are committed in batches: a background thread commits a held row at most
+    ``COMMIT_SECONDS`` after it was added, and every read, every other append and :meth:`close` commit first.
+    A SIGKILL so loses at most the rows of the last ``COMMIT_SECONDS``; a stop that closes the writer loses
+    none. One commit costs about as much as one row did before (a write per column, two flushes)."""
 
     def __init__(self, path: Path, file: h5py.File, lock_fd: int):
         self.path = path
@@ -224,20 +241,94 @@ class ResultsWriter:
         self._lock_fd = lock_fd
         self._tables: dict[str, _Table] = {}
         self.header = read_header(file)
+        self._lock = threading.RLock()  # the file is used by the caller and by the commit thread
+        self._due = threading.Condition(self._lock)
+        self._held_since: float | None = None  # monotonic time of the oldest row not committed
+        self._failure: BaseException | None = None  # a commit that failed in the thread, raised to the caller
+        self._failed = False  # a commit failed (a full disk): HDF5 takes no more writes
+        self._thread: threading.Thread | None = None
+        self._closing = False
 
     def _table(self, name: str) -> _Table:
         if name not in self._tables:
             self._tables[name] = _Table(self.file[name])
         return self._tables[name]
 
+    # -- committing -------------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Write every held row to disk now: the rows of every table, one flush, then each table's ``count``
+        with a flush after each, the generations last. A committed row's data so is on disk before ``count``
+        says it exists, and a generation's individuals before the generation; a commit cut short leaves its
+        rows held, and the next one writes them again in full."""
+        with self._lock:
+            self._raise_failure()
+            if self._failed:
+                raise RuntimeError(f"{self.path}: an earlier write failed; the file takes no more rows")
+            tables = sorted((t for t in self._tables.values() if t.pending), key=lambda t: t.name == "generations")
+            try:
+                for table in tables:
+                    table.write_pending()
+                if tables:
+                    self.file.flush()
+                for table in tables:
+                    table.write_count()
+                    self.file.flush()
+            except Exception:  # a failed write (a stop request is no Exception: close commits again in full)
+                self._failed = True
+                raise
+            self._held_since = None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _hold(self, name: str, row: dict[str, Any]) -> int:
+        """Add a row to be committed within ``COMMIT_SECONDS`` (at once when a chunk's worth is held)."""
+        with self._lock:
+            self._raise_failure()
+            table = self._table(name)
+            index = table.add(row)
+            if len(table.pending) >= GROW_ROWS:
+                self.commit()
+            elif self._held_since is None:
+                self._held_since = time.monotonic()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._commit_when_due, name="qsx-results-commit",
+                                                    daemon=True)
+                    self._thread.start()
+                self._due.notify()
+            return index
+
+    def _commit_when_due(self) -> None:
+        """The commit thread: commits held rows once the oldest is ``COMMIT_SECONDS`` old."""
+        with self._due:
+            while not self._closing:
+                if self._held_since is None or self._failed:  # nothing held, or nothing more to write
+                    self._due.wait()
+                    continue
+                delay = self._held_since + COMMIT_SECONDS - time.monotonic()
+                if delay > 0:
+                    self._due.wait(delay)
+                    continue
+                try:
+                    self.commit()
+                except Exception as exc:  # a full disk: the caller sees it at its next call, rows stay held
+                    self._failure = exc
+
     # -- reading ----------------------------------------------------------------------------------------------
-    def read(self, table: str) -> Table:
-        """Every committed row of a table, by column."""
-        return read_table(self.file, table)
+    def read(self, table: str, columns: list[str] | None = None) -> Table:
+        """Every committed row of a table, by column (only ``columns`` when given); held rows are committed
+        first."""
+        with self._lock:
+            self.commit()
+            known = self._tables.get(table)
+            return read_table(self.file, table, columns, None if known is None else known.columns)
 
     def minimum_accuracy(self) -> float | None:
         """The run's accuracy constraint, once known (None: unconstrained or not set yet)."""
-        value = minimum_accuracy(self.file)
+        with self._lock:
+            value = minimum_accuracy(self.file)
         return None if np.isnan(value) else value
 
     def workload(self) -> Workload:
@@ -247,47 +338,65 @@ class ResultsWriter:
     # -- writing -------------------------------------------------------------------------------------------
     def append_individual(self, result: IndividualResult, generation: int, fitness: tuple, constraint: float,
                           attempt: int = 1) -> int:
-        """Append and flush one individual; returns its row index."""
-        return self._table("individuals").append(_result_row(result, generation, fitness, constraint, attempt))
+        """Hold one individual for the next commit; returns its row index."""
+        return self._hold("individuals", _result_row(result, generation, fitness, constraint, attempt))
 
     def append_baseline(self, label: str, dataset: str, result: IndividualResult) -> int:
         row = _result_row(result, -1, (np.nan, np.nan), np.nan, 1)
         row.update(label=label, dataset=dataset)
-        return self._table("baseline").append(row)
+        return self._append_now("baseline", row)
 
     def set_minimum_accuracy(self, value: float) -> None:
-        self.file["run/minimum_accuracy"][...] = value
-        self.file.flush()
+        with self._lock:
+            self.commit()
+            self.file["run/minimum_accuracy"][...] = value
+            self.file.flush()
 
     def append_generation(self, population: list[int], evaluated: int, eval_seconds: float, samples: int,
                           hypervolume: float) -> int:
+        """Commit the held individuals, then the generation that refers to them."""
         width = self.header.pop_size
         pop = np.full(width, -1, dtype=np.int64)
         pop[: len(population)] = population[:width]
-        return self._table("generations").append({
+        return self._append_now("generations", {
             "population": pop, "evaluated": evaluated, "eval_seconds": eval_seconds, "samples": samples,
             "hypervolume": hypervolume, "finished_at": time.time(),
         })
 
     def append_sensitivity(self, gene: int, value: float, parameter: float, result: IndividualResult) -> int:
-        """Append and flush one point of the sensitivity sweep (``gene`` -1: the all-neutral reference)."""
-        return self.append_row(SENSITIVITY, {
+        """Hold one point of the sensitivity sweep (``gene`` -1: the all-neutral reference)."""
+        return self._hold(SENSITIVITY, {
             "swept_gene": gene, "swept_value": value, "swept_parameter": parameter,
             **{k: getattr(result, k) for k in REEVALUATION_RESULT_FIELDS}, "finished_at": time.time()})
 
     def append_row(self, table: str, row: dict[str, Any]) -> int:
-        """Append and flush one row of a follow-up table (format.FOLLOW_UP_COLUMNS), created on first use
+        """Append and commit one row of a follow-up table (format.FOLLOW_UP_COLUMNS), created on first use
         (needs a writer opened with swmr=False)."""
-        if table not in self.file:
-            _create_table(self.file.create_group(table), FOLLOW_UP_COLUMNS[table], _axes(self.header),
-                          self.header.cost_unit)
-        return self._table(table).append(row)
+        with self._lock:
+            if table not in self.file:
+                _create_table(self.file.create_group(table), FOLLOW_UP_COLUMNS[table], _axes(self.header),
+                              self.header.cost_unit)
+            return self._append_now(table, row)
+
+    def _append_now(self, name: str, row: dict[str, Any]) -> int:
+        """Commit the held rows and this one."""
+        with self._lock:
+            index = self._table(name).add(row)
+            self.commit()
+            return index
 
     def close(self) -> None:
-        """Trim the tables to their rows, close the file and release the lock."""
+        """Commit the held rows, trim the tables to their rows, close the file and release the lock."""
+        with self._lock:
+            self._closing = True
+            self._due.notify()
+        if self._thread is not None:
+            self._thread.join()
         try:
             if self.file.id.valid:
                 try:
+                    if not self._failed:  # after a failed write HDF5 may crash writing more: the held rows are lost
+                        self.commit()
                     for table in self._tables.values():
                         table.trim()
                 except (OSError, RuntimeError):  # a full disk: rows beyond count are ignored, and trimmed on reopen
