@@ -309,6 +309,7 @@ def test_held_rows_are_committed_within_commit_seconds_and_survive_sigkill(run_f
         from qsx_batch.store.writer import COMMIT_SECONDS
         template = results.open(sys.argv[1]).individuals
         writer = open_for_append(Path(sys.argv[1]))
+        print("opened", flush=True)  # in SWMR mode: readers may open the file now, not before
         for i in range(int(sys.argv[2])):
             result = IndividualResult(
                 genome=template["genome"][0], params=template["params"][0], accuracy=0.5, correct=100,
@@ -323,12 +324,13 @@ def test_held_rows_are_committed_within_commit_seconds_and_survive_sigkill(run_f
     """), str(copy), str(added)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     counts = set()
     try:
+        assert writer.stdout.readline().strip() == "opened", writer.stderr.read()
         deadline = time.time() + 120
         while time.time() < deadline and writer.poll() is None:
             try:
                 with h5py.File(copy, "r", swmr=True) as f:
                     counts.add(int(f["individuals/count"][()]))
-            except OSError:  # the file between a writer's open and SWMR mode
+            except OSError:  # a reader may catch the file mid-flush: try again
                 pass
             if max(counts, default=0) >= stored + added:
                 break
