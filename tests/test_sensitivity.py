@@ -81,19 +81,28 @@ def test_inspect_plot_and_resume_of_a_sweep(swept, capsys, tmp_path):
 
 
 def test_sweep_of_a_finished_run_reuses_its_evaluations(tmp_path):
-    workload = write_workload(tmp_path, tiny_workload_dict("quantization", tmp_path))
+    data = tiny_workload_dict("quantization", tmp_path)
+    aggressive = [2] + [8] * (QUANT_GENES - 1)  # the adaptive sweep's first point of gene 0
+    data["workload"]["exploration"]["initial_population"] = [aggressive]
     out = tmp_path / "run.h5"
-    assert main(["explore", str(workload), "-o", str(out)]) == 0
+    assert main(["explore", str(write_workload(tmp_path, data)), "-o", str(out)]) == 0
     assert main(["sensitivity", "--resume", str(out)]) == 0
     run = results.open(out)
     sweep = run.table("sensitivity")
     reference = int(np.flatnonzero(sweep["swept_gene"] == -1)[0])
     base = run.baseline
     all8 = int(np.flatnonzero((base["label"] == "all_8_bit") & (base["dataset"] == "exploration"))[0])
-    # the baseline evaluated the neutral genome: its result is copied, not evaluated again
-    assert sweep["finished_at"][reference] > base["finished_at"][all8]
-    assert sweep["eval_seconds"][reference] == base["eval_seconds"][all8]
+    # the neutral genome is evaluated again for its per-label hits, with the baseline's result
     assert sweep["accuracy"][reference] == base["accuracy"][all8]
+    assert sweep["correct"][reference] == base["correct"][all8]
+    # the run's individual is copied, not evaluated again; it has no hits to compare, so its discordance is unknown
+    copied = keys(sweep).index(genome_key(np.array(aggressive, dtype=float)))
+    assert sweep["eval_seconds"][copied] == run.individuals["eval_seconds"][0]  # listed first, evaluated first
+    assert sweep["discordant"][copied] == -1 and sweep["labels"][copied] == 0
+    evaluated = np.flatnonzero((sweep["swept_gene"] >= 0) & (sweep["status"] == "ok"))
+    evaluated = evaluated[evaluated != copied]
+    assert len(evaluated) and np.all(sweep["labels"][evaluated] == sweep["samples"][evaluated])
+    assert np.all((sweep["discordant"][evaluated] >= 0) & (sweep["discordant"][evaluated] <= sweep["labels"][evaluated]))
     assert run.generations.rows == 2  # the run itself is unchanged
 
 
@@ -127,7 +136,7 @@ def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
     sweep_table, ind = run.table("sensitivity"), run.individuals
     assert QUANT_GENES < sweep_table.rows < 1 + QUANT_GENES * (len(BITS) - 1)  # adaptive: not every point
     derived = run.sensitivity().starting_genomes(_problem(workload), [0.01, 0.05, 0.2])
-    assert 1 <= len(derived) <= 3
+    assert 1 <= len(derived) <= 3 * 3  # per price and budget
     gen0 = {genome_key(g) for g in ind["genome"][ind["generation"] == 0]}
     assert {genome_key(g) for g in derived} <= gen0  # generation 0 holds the derived individuals
     assert np.sum(ind["generation"] == 0) == 6 + len(derived) + 1  # besides the random ones
@@ -143,6 +152,27 @@ def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
     gens = run.generations
     assert gens["samples"][-1] == np.sum(ind["samples"]) + np.sum(sweep_table["samples"][unmet])
     assert np.isclose(gens["eval_seconds"][-1], np.sum(ind["eval_seconds"]) + np.sum(sweep_table["eval_seconds"][unmet]))
+
+
+def test_a_sweep_on_a_share_of_the_samples_is_scored_again_by_the_search(tmp_path):
+    data = tiny_workload_dict("quantization", tmp_path, generations=2)
+    data["workload"]["exploration"]["initial_population"] = "sensitivity"
+    data["workload"]["exploration"]["sensitivity"] = {"sample_fraction": 0.5}
+    data["workload"]["exploration"]["predefined_parameters"] = [8]  # the sweep's reference genome, met in gen 0
+    out = tmp_path / "run.h5"
+    assert main(["explore", str(write_workload(tmp_path, data)), "-o", str(out), "--skip-baseline"]) == 0
+    run = results.open(out)
+    sweep, ind = run.table("sensitivity"), run.individuals
+    ok, raced = sweep["status"] == "ok", sweep["status"] == "raced_out"
+    assert np.all(sweep["samples"][ok] == 125)  # half of the 200 samples, rounded up to one batch of 125
+    assert np.all(sweep["samples"][raced] < 125)
+    swept = (sweep["swept_gene"] >= 0) & ok
+    assert swept.any() and np.all(sweep["labels"][swept] == 125)  # compared with the reference on the same share
+    reference = keys(sweep)[int(np.flatnonzero(sweep["swept_gene"] == -1)[0])]
+    assert ind["samples"][keys(ind).index(reference)] == 200  # met by the search: scored again, on every sample
+    assert np.all(ind["samples"][ind["status"] == "ok"] == 200)
+    gens = run.generations  # every sweep point counts in the budget
+    assert gens["samples"][-1] == np.sum(ind["samples"]) + np.sum(sweep["samples"])
 
 
 def _problem(workload):
@@ -251,9 +281,9 @@ def test_adaptive_sweep_evaluates_only_what_a_budget_could_use(tmp_path):
     for gene in range(QUANT_GENES):
         values = list(table["swept_value"][table["swept_gene"] == gene])
         assert values == list(range(2, 2 + len(values)))  # from the most aggressive value toward neutral
-        losses = [sweep.loss_at(gene, v) for v in values]
-        assert not any(loss <= 0 for loss in losses[:-1])  # it stops at the first value that loses nothing
-        assert losses[-1] <= 0 or values[-1] == 7
+        lost = [sweep.loss_at(gene, v, "lost_labels") for v in values]
+        assert not any(share <= 0 for share in lost[:-1])  # it stops at the first value that loses no label
+        assert lost[-1] <= 0 or values[-1] == 7
     assert table.rows < 1 + QUANT_GENES * (len(BITS) - 1)
     assert main(["sensitivity", "--resume", str(out)]) == 0  # complete: nothing is evaluated again
     assert results.open(out).table("sensitivity").rows == table.rows
@@ -269,8 +299,9 @@ def test_adaptive_sweep_evaluates_only_what_a_budget_could_use(tmp_path):
     def costs(genomes):
         return sorted({problem.cost(problem.decode(g), np.zeros(len(problem.layers)), 1) for g in genomes})
 
-    assert costs(sweep.starting_genomes(problem, budgets)) == costs(
-        results.open(full).sensitivity().starting_genomes(problem, budgets))
+    exact = ("loss", "lost_labels")  # the changed-labels price chooses among the values swept
+    assert costs(sweep.starting_genomes(problem, budgets, exact)) == costs(
+        results.open(full).sensitivity().starting_genomes(problem, budgets, exact))
     assert np.sum(table["samples"]) < np.sum(results.open(full).table("sensitivity")["samples"]) * 0.8
 
 
@@ -321,3 +352,35 @@ def test_starting_genomes_solve_the_knapsack_exactly(maximize_cost):
         assert matches, f"{genome} is no budget's optimum"
         found.update(matches)
     assert found == {b for b in budgets if best[b] < 0}  # every budget that can save anything has its optimum
+
+
+def test_knapsack_families_price_lost_and_changed_labels():
+    """Three values that each lose nothing on average: one changes no label, one flips 20 of 400 labels both
+    ways, one wins 14 and loses 1. The measured loss takes all three at budget 0; the lost-labels price takes the
+    first and (1 lost label) the third at budget 0.0025, the second (10 lost) only at 0.05; the changed-labels
+    price counts every flipped label (35 of 400 for both). A file without the label columns prices all at the measured loss."""
+    from qsx_batch.results.sensitivity import Sensitivity
+
+    table = {"swept_gene": np.array([-1, 0, 1, 2]), "swept_value": np.array([np.nan, 2.0, 2.0, 2.0]),
+             "swept_parameter": np.array([np.nan, 2.0, 2.0, 2.0]), "accuracy": np.array([0.9, 0.9, 0.9, 0.9325]),
+             "cost": np.array([12.0, 9.0, 9.0, 9.0]), "status": np.array(["ok"] * 4),
+             "params": np.full((4, 3), 8.0), "discordant": np.array([-1, 0, 20, 15]),
+             "labels": np.array([0, 400, 400, 400])}
+    sweep = Sensitivity.from_table(table, ["g0", "g1", "g2"])
+    prices = sweep.prices()
+    assert prices["loss"][1:] == pytest.approx([0, 0, -0.0325])
+    assert prices["lost_labels"][1:] == pytest.approx([0, 10 / 400, 1 / 400])
+    assert prices["changed_labels"][1:] == pytest.approx([0, 20 / 400, 15 / 400])
+    problem = _Problem([8.0] * 3, False)
+
+    def derived(price, budgets):
+        return {tuple(g) for g in sweep.starting_genomes(problem, budgets, (price,))}
+
+    assert derived("loss", [0.0]) == {(2.0, 2.0, 2.0)}
+    assert derived("lost_labels", [0.0, 0.0025, 0.05]) == {(2.0, 8.0, 8.0), (2.0, 8.0, 2.0), (2.0, 2.0, 2.0)}
+    assert derived("changed_labels", [0.0, 0.04, 0.05]) == {(2.0, 8.0, 8.0), (2.0, 8.0, 2.0)}  # 0.0375 of 0.05
+    assert (2.0, 2.0, 2.0) in derived("changed_labels", [0.09])
+    assert len(sweep.starting_genomes(problem, [0.0, 0.0025, 0.05])) == 3  # the families together, each genome once
+    plain = dict(table, discordant=np.full(4, -1), labels=np.zeros(4, dtype=int))  # a file without the columns
+    assert {tuple(g) for g in Sensitivity.from_table(plain, ["g0", "g1", "g2"]).starting_genomes(
+        problem, [0.0])} == {(2.0, 2.0, 2.0)}

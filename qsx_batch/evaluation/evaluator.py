@@ -68,7 +68,7 @@ class Evaluator:
         for n in sizes:
             totals = totals + self._forward(samples, done, n, hits)
             done = n
-            if race is not None and n < total:
+            if race is not None and n < sizes[-1]:
                 created = self.problem.read_counts()[2]
                 seen = None if hits is None else torch.cat(hits).cpu().numpy()
                 verdict = race.stop_reason(int(totals[0, 0]), n, self.problem.cost(params, created, n), confidence,

@@ -99,6 +99,7 @@ class RaceContext:
     history: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # rows (cost, accuracy)
     front_hits: tuple = ()  # per front row: pack_hits(...) or None
     history_hits: tuple = ()  # per history row: pack_hits(...) (a raced-out one's prefix) or None
+    fraction: float = 1.0  # the share of the samples to end at, in whole batches (the sweep's sample_fraction)
     _cache: dict = field(default_factory=dict, compare=False, repr=False)  # plans, unpacked hits
 
     def _unpacked(self, name: str) -> list[np.ndarray | None]:
@@ -135,9 +136,11 @@ class RaceContext:
         return out, low, high
 
     def plan(self, total: int, batch_size: int) -> tuple[list[int], float]:
-        """The prefix sizes to score (ending at ``total``) and the confidence of each check (computed once)."""
+        """The prefix sizes to score (ending at ``total``, or at :attr:`fraction` of it) and the confidence of each
+        check (computed once)."""
         if (total, batch_size) not in self._cache:
-            self._cache[total, batch_size] = self._plan(total, batch_size)
+            end = min(total, max(1, math.ceil(self.fraction * total / batch_size)) * batch_size)
+            self._cache[total, batch_size] = self._plan(end, batch_size)
         return self._cache[total, batch_size]
 
     def _plan(self, total: int, batch_size: int) -> tuple[list[int], float]:

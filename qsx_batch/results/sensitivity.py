@@ -12,6 +12,9 @@ import numpy as np
 from ..evaluation.record import Status, genome_key
 
 LOSS_STEPS = 1000  # resolution of the knapsack's summed loss
+# what the knapsack counts as a value's loss, from the least to the most cautious: each family of starting
+# individuals is solved with one (Sensitivity.prices)
+PRICES = ("loss", "lost_labels", "changed_labels")
 
 if TYPE_CHECKING:  # read on a laptop without torch (results.Run.sensitivity)
     from ..problems import Problem
@@ -31,6 +34,8 @@ class Sensitivity:
     reference_accuracy: float  # NaN until the reference genome is stored
     reference_cost: float
     neutral_parameters: np.ndarray  # per gene, the parameter of the reference genome (NaN until stored)
+    discordant: np.ndarray  # per row, labels it and the reference disagree on (-1: unknown)
+    labels: np.ndarray  # per row, labels compared with the reference (0: unknown)
 
     @classmethod
     def from_table(cls, table: Mapping[str, np.ndarray], gene_names: list[str]) -> Sensitivity:
@@ -44,7 +49,9 @@ class Sensitivity:
                    ok=ok, reference_accuracy=float(table["accuracy"][reference[0]]) if len(reference) else float("nan"),
                    reference_cost=float(table["cost"][reference[0]]) if len(reference) else float("nan"),
                    neutral_parameters=np.asarray(table["params"][reference[0]], dtype=float) if len(reference)
-                   else np.full(len(gene_names), np.nan))
+                   else np.full(len(gene_names), np.nan),
+                   **{name: np.asarray(table[name], dtype=int) if name in table  # a file of before: unknown
+                      else np.full(len(genes), unknown) for name, unknown in (("discordant", -1), ("labels", 0))})
 
     @property
     def rows(self) -> int:
@@ -53,6 +60,25 @@ class Sensitivity:
     def loss(self) -> np.ndarray:
         """Per row: accuracy points lost against the reference genome (NaN where the evaluation failed)."""
         return np.where(self.ok, self.reference_accuracy - self.accuracy, np.nan)
+
+    def prices(self) -> dict[str, np.ndarray]:
+        """Per :data:`PRICES` entry and row, what the knapsack counts as the row's loss (NaN where failed):
+
+        - ``loss``: the measured loss, counted from zero;
+        - ``lost_labels``: the share of labels the reference gets right and this point wrong (the ones it wins
+          back are not counted);
+        - ``changed_labels``: the share of labels on which the two disagree.
+
+        Each bounds the one before from above. Single-gene losses do not add up: on ResNet-20, values that each
+        lose nothing, or even win a few labels, wreck the network together (performance.md). Counting labels a
+        value loses or changes is more cautious, because those add up across genes. Where the sweep has no labels
+        to compare (a point copied from the run, a custom metric, a file of an earlier version), all three are
+        the measured loss."""
+        loss = self.loss()
+        known = (self.discordant >= 0) & (self.labels > 0) & np.isfinite(loss)
+        changed = np.where(known, self.discordant / np.maximum(self.labels, 1), loss)
+        lost = np.where(known, np.clip((changed + loss) / 2, 0, changed), loss)  # (lost - won + lost + won) / 2
+        return {"loss": loss, "lost_labels": lost, "changed_labels": changed}
 
     def curve(self, gene: int) -> tuple[np.ndarray, np.ndarray]:
         """One gene's (parameters, accuracies), sorted by parameter, with the reference point at the gene's
@@ -63,19 +89,30 @@ class Sensitivity:
         order = np.argsort(params, kind="stable")
         return np.asarray(params)[order], np.asarray(accuracy)[order]
 
-    def loss_at(self, gene: int, value: float) -> float:
-        """The stored loss of ``gene`` at genome ``value`` (NaN: not stored, failed or raced out)."""
+    def loss_at(self, gene: int, value: float, price: str = "loss") -> float:
+        """The stored loss (or another of :meth:`prices`) of ``gene`` at genome ``value`` (NaN: not stored,
+        failed or raced out)."""
         rows = np.flatnonzero((self.genes == gene) & (self.values == value) & self.ok)
-        return float(self.reference_accuracy - self.accuracy[rows[0]]) if len(rows) else float("nan")
+        return float(self.prices()[price][rows[0]]) if len(rows) else float("nan")
 
-    def starting_genomes(self, problem: Problem, budgets: list[float]) -> np.ndarray:
-        """Per loss budget one genome: the cheapest choice of one swept value per gene (or its neutral value)
-        whose summed single-gene losses stay within the budget, as HAWQ-V3's ILP and ModelOpt AutoQuantize pick
-        per-layer formats. Costs add up as the sweep measured them one gene at a time; the multiple-choice
-        knapsack is solved exactly by dynamic programming over the loss in steps of 1/:data:`LOSS_STEPS` of the
-        largest budget. Distinct genomes, without the all-neutral one."""
+    def starting_genomes(self, problem: Problem, budgets: list[float],
+                         prices: tuple[str, ...] = PRICES) -> np.ndarray:
+        """Per price of :meth:`prices` and loss budget one genome: the cheapest choice of one swept value per gene
+        (or its neutral value) whose summed single-gene prices stay within the budget, as HAWQ-V3's ILP and
+        ModelOpt AutoQuantize pick per-layer formats. Distinct genomes, without the all-neutral one, by price
+        then budget."""
+        genomes: dict[tuple, np.ndarray] = {}
+        priced = self.prices()
+        for price in prices:
+            for genome in self._knapsack(problem, sorted(budgets), priced[price]):
+                genomes.setdefault(genome_key(genome), genome)
+        return np.array(list(genomes.values())).reshape(-1, len(problem.neutral_genome()))
+
+    def _knapsack(self, problem: Problem, budgets: list[float], loss: np.ndarray) -> list[np.ndarray]:
+        """Per budget (ascending) the cheapest genome whose summed ``loss`` (per row) fits. Costs add up as the
+        sweep measured them one gene at a time; the multiple-choice knapsack is solved exactly by dynamic
+        programming over the loss in steps of 1/:data:`LOSS_STEPS` of the largest budget."""
         neutral = problem.neutral_genome()
-        budgets = sorted(budgets)
         step = max(budgets[-1], 1e-9) / LOSS_STEPS
 
         def units(loss):  # rounded up: a choice never looks cheaper in loss than it was measured
@@ -83,7 +120,6 @@ class Sensitivity:
 
         capacity = int(units(budgets[-1]))
         sign = -1.0 if problem.maximize_cost else 1.0
-        loss = self.loss()
         best = np.full(capacity + 1, np.inf)  # least summed cost change for exactly u loss units
         best[0] = 0.0
         choices = []
@@ -100,7 +136,7 @@ class Sensitivity:
                 merged, picked = np.where(better, shifted, merged), np.where(better, c, picked)
             best = merged
             choices.append((values, weights, picked))
-        genomes: dict[tuple, np.ndarray] = {}
+        genomes = []
         for budget in budgets:
             u = int(np.argmin(best[: units(budget) + 1]))  # the cheapest; of equal ones, the least loss
             genome = neutral.copy()
@@ -109,8 +145,8 @@ class Sensitivity:
                 genome[gene] = values[picked[u]]
                 u -= int(weights[picked[u]])
             if not np.array_equal(genome, neutral):
-                genomes.setdefault(genome_key(genome), genome)
-        return np.array(list(genomes.values())).reshape(-1, len(neutral))
+                genomes.append(genome)
+        return genomes
 
     def groups(self) -> list[tuple[np.ndarray, list[int]]]:
         """The genes grouped by the range they were swept over (bit widths, thresholds): (the parameters any of

@@ -140,10 +140,11 @@ class Search:
         self.baseline_stored = set(zip(base["label"], base["dataset"]))
 
     def _load_sweep(self) -> None:
-        """Results of the sensitivity sweep, reused when the search proposes one of its genomes, and what each of
-        its points spent (raced-out ones too)."""
+        """Results of the sensitivity sweep, reused when the search proposes one of its genomes (unless the sweep
+        scored only a share of the samples), and what each of its points spent (raced-out ones too)."""
         table = self.writer.read(SENSITIVITY)
-        self.swept = ok_results(table)
+        whole = self.workload.spec.exploration.sensitivity.sample_fraction == 1
+        self.swept = ok_results(table) if whole else {}
         self.sweep_spent = {genome_key(g): (float(s), int(n))
                             for g, s, n in zip(table["genome"], table["eval_seconds"], table["samples"])}
 

@@ -125,6 +125,9 @@ SENSITIVITY_COLUMNS: dict[str, Column] = {
                    "(the upper bit width, a zero threshold)"),
     "swept_value": Column("f8", "genome value of the swept gene (NaN for the reference row)"),
     "swept_parameter": Column("f8", "decoded parameter of the swept gene: bits or threshold (NaN for the reference row)"),
+    "discordant": Column("i8", "labels (samples, or tokens) on which this point and the reference row disagree about "
+                         "being right; -1 where unknown (a point copied from the run, a custom metric)", "1"),
+    "labels": Column("i8", "labels compared with the reference row for discordant (0 where unknown)", "1"),
     **{k: COLUMNS[k] for k in REEVALUATION_RESULT_FIELDS}, "finished_at": COLUMNS["finished_at"]}
 FOLLOW_UP_COLUMNS = {REEVALUATIONS: REEVALUATION_COLUMNS, RETRAINING: RETRAINING_COLUMNS,
                      SENSITIVITY: SENSITIVITY_COLUMNS}

@@ -363,10 +363,13 @@ class ResultsWriter:
             "hypervolume": hypervolume, "finished_at": time.time(),
         })
 
-    def append_sensitivity(self, gene: int, value: float, parameter: float, result: IndividualResult) -> int:
-        """Hold one point of the sensitivity sweep (``gene`` -1: the all-neutral reference)."""
+    def append_sensitivity(self, gene: int, value: float, parameter: float, result: IndividualResult,
+                           discordant: int = -1, labels: int = 0) -> int:
+        """Hold one point of the sensitivity sweep (``gene`` -1: the all-neutral reference), with the labels it
+        and the reference disagree on out of ``labels`` compared (-1, 0: unknown)."""
         return self._hold(SENSITIVITY, {
-            "swept_gene": gene, "swept_value": value, "swept_parameter": parameter,
+            "swept_gene": gene, "swept_value": value, "swept_parameter": parameter, "discordant": discordant,
+            "labels": labels,
             **{k: getattr(result, k) for k in REEVALUATION_RESULT_FIELDS}, "finished_at": time.time()})
 
     def append_row(self, table: str, row: dict[str, Any]) -> int:

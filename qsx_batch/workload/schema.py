@@ -229,11 +229,16 @@ class SensitivitySpec(_Strict):
     loss_budgets: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         [0.0, 0.002, 0.005, 0.01, 0.02, 0.05], min_length=1,
         description="accuracy losses (points below the sweep's all-neutral accuracy); per budget one starting "
-                    "individual: the cheapest setting whose summed single-gene losses stay within it")
+                    "individual per price (the measured loss, the share of labels lost, the share changed): the "
+                    "cheapest setting whose summed single-gene prices stay within it")
     sweep: Literal["adaptive", "full"] = Field(
         "adaptive", description="adaptive: each gene from its most aggressive value toward neutral until a value "
-                                "loses nothing (the rest is never a budget's cheapest choice), raced; full: every "
+                                "loses no label (the rest is never a budget's cheapest choice), raced; full: every "
                                 "point (a complete heat map)")
+    sample_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the exploration samples each sweep point is scored on (the first ones "
+                                     "of the fixed subset, in whole batches): a cheaper, noisier sweep; below 1 the "
+                                     "search scores a swept genome again instead of taking its result")
 
 
 class ExplorationSpec(_Strict):
