@@ -1,7 +1,7 @@
 """Search efficiency: racing, the joint problem, and the sensitivity head start, seeds 0-4.
 
 Usage: python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--generations G] [--only racing|joint|head-start]
-       [--workloads lenet5 resnet8 resnet20] [--json out.json] [--keep DIR]
+       [--workloads lenet5 resnet8 resnet20] [--sample-fraction F] [--json out.json] [--keep DIR]
 
 Racing: for each problem (quantization, sparsity) and seed the same number of generations twice (racing off and
 on): final hypervolume, hypervolume per evaluation-second and per sample evaluated, the samples spent, and how many
@@ -135,29 +135,33 @@ def _resnet_workload(tmp: Path, model: str) -> dict:
     return data
 
 
-def _head_start_run(tmp: Path, name: str, base: dict, seed: int, start: str, generations: int | None):
-    out = tmp / f"{name}-{seed}-{start}.h5"
+def _head_start_run(tmp: Path, name: str, base: dict, seed: int, start: str, generations: int | None,
+                    sample_fraction: float = 1.0):
+    tag = start if sample_fraction == 1 else f"{start}-f{sample_fraction:g}"
+    out = tmp / f"{name}-{seed}-{tag}.h5"
     if out.exists():
         return results.open(out)
     data = json.loads(json.dumps(base))
     w = data["workload"]
     w["seed"], w["results"] = seed, str(tmp)
     w["exploration"]["initial_population"] = start
+    if sample_fraction != 1:
+        w["exploration"]["sensitivity"] = {**w["exploration"].get("sensitivity", {}), "sample_fraction": sample_fraction}
     if generations:
         w["exploration"]["nsga"]["generations"] = generations
-    path = tmp / f"{name}-{seed}-{start}.yaml"
+    path = tmp / f"{name}-{seed}-{tag}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     if qsx(["explore", str(path), "-o", str(out), "--skip-baseline"]):
         sys.exit(f"run {out} failed")
     return results.open(out)
 
 
-def seconds_to_reach(run, target: float) -> float:
-    """Evaluation-seconds (sweep included) when the population's hypervolume first reaches ``target`` (inf:
-    never)."""
+def spent_to_reach(run, target: float, column: str = "eval_seconds") -> float:
+    """Evaluation-seconds (or ``samples``; sweep included) when the population's hypervolume first reaches
+    ``target`` (inf: never)."""
     g = run.generations
     reached = np.flatnonzero(g["hypervolume"] >= target - 1e-12)
-    return float(g["eval_seconds"][reached[0]]) if len(reached) else float("inf")
+    return float(g[column][reached[0]]) if len(reached) else float("inf")
 
 
 HEAD_START_WORKLOADS = ("lenet5", "resnet8", "resnet20")
@@ -171,24 +175,28 @@ def _head_start_workload(tmp: Path, name: str) -> dict:
     return lenet
 
 
-def head_start_table(tmp: Path, seeds: list[int], generations: int | None, names: list[str]) -> list[dict]:
+def head_start_table(tmp: Path, seeds: list[int], generations: int | None, names: list[str],
+                     sample_fraction: float = 1.0) -> list[dict]:
     sys.path.insert(0, str(BENCH))  # mnist32:make, the ResNets' dataset
     rows = []
     for name in names:
         base = _head_start_workload(tmp, name)
         for seed in seeds:
             random_run = _head_start_run(tmp, name, base, seed, "random", generations)
-            sens_run = _head_start_run(tmp, name, base, seed, "sensitivity", generations)
+            sens_run = _head_start_run(tmp, name, base, seed, "sensitivity", generations, sample_fraction)
             target = float(random_run.generations["hypervolume"][-1])
             budget = float(random_run.generations["eval_seconds"][-1])
             sweep = sens_run.table("sensitivity")
-            reach = seconds_to_reach(sens_run, target)
+            reach = spent_to_reach(sens_run, target)
+            samples = float(random_run.generations["samples"][-1])
             rows.append({
                 "workload": name, "seed": seed, "random_hv": target, "random_eval_seconds": budget,
                 "sensitivity_hv": float(sens_run.generations["hypervolume"][-1]),
                 "sensitivity_eval_seconds": float(sens_run.generations["eval_seconds"][-1]),
                 "sweep_evaluations": int(sweep.rows), "sweep_seconds": float(np.sum(sweep["eval_seconds"])),
                 "seconds_to_random_final_hv": reach, "fraction_of_random_seconds": reach / budget,
+                "fraction_of_random_samples": spent_to_reach(sens_run, target, "samples") / samples,
+                "sweep_samples": int(np.sum(sweep["samples"])), "random_samples": int(samples),
                 "generation_reached": int(np.argmax(sens_run.generations["hypervolume"] >= target - 1e-12))
                 if np.isfinite(reach) else None,
             })
@@ -198,19 +206,23 @@ def head_start_table(tmp: Path, seeds: list[int], generations: int | None, names
 def head_start_summary(rows: list[dict]) -> dict:
     summary = {}
     print(f"{'workload':<9}{'seed':>5}{'random HV':>10}{'sens HV':>9}{'random s':>9}{'sweep s':>8}{'reach s':>8}"
-          f"{'fraction':>9}{'at gen':>7}")
+          f"{'fraction':>9}{'samples':>8}{'at gen':>7}")
     for r in rows:
         print(f"{r['workload']:<9}{r['seed']:>5}{r['random_hv']:>10.4f}{r['sensitivity_hv']:>9.4f}"
               f"{r['random_eval_seconds']:>9.1f}{r['sweep_seconds']:>8.1f}{r['seconds_to_random_final_hv']:>8.1f}"
-              f"{r['fraction_of_random_seconds']:>9.3f}{str(r['generation_reached']):>7}")
+              f"{r['fraction_of_random_seconds']:>9.3f}{r['fraction_of_random_samples']:>8.3f}"
+              f"{str(r['generation_reached']):>7}")
     for name in dict.fromkeys(r["workload"] for r in rows):
         mine = [r for r in rows if r["workload"] == name]
         fraction = statistics.median(r["fraction_of_random_seconds"] for r in mine)
+        by_samples = statistics.median(r["fraction_of_random_samples"] for r in mine)
         not_lower = sum(r["sensitivity_hv"] >= r["random_hv"] for r in mine)
-        summary[name] = {"median_fraction": fraction, "final_hv_not_lower": not_lower, "seeds": len(mine),
+        summary[name] = {"median_fraction": fraction, "median_samples_fraction": by_samples,
+                         "final_hv_not_lower": not_lower, "seeds": len(mine),
                          "met": fraction <= 0.5 and not_lower == len(mine)}
         print(f"{name}: the sensitivity start reaches the random start's final hypervolume with {fraction:.3f}x its "
-              f"evaluation-seconds (median; target <= 0.5); final hypervolume not lower in {not_lower} of "
+              f"evaluation-seconds ({by_samples:.3f}x its samples; medians, target <= 0.5); final hypervolume not "
+              f"lower in {not_lower} of "
               f"{len(mine)} seeds -> {'met' if summary[name]['met'] else 'NOT met'}")
     return summary
 
@@ -224,6 +236,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["racing", "joint", "head-start"], help="run one part (default: all)")
     parser.add_argument("--workloads", nargs="+", choices=HEAD_START_WORKLOADS, default=list(HEAD_START_WORKLOADS),
                         help="the head start's workloads (default: all three)")
+    parser.add_argument("--sample-fraction", type=float, default=1.0,
+                        help="the sensitivity start's exploration.sensitivity.sample_fraction (default 1)")
     args = parser.parse_args()
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="qsx-search-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -237,7 +251,7 @@ def main() -> None:
               f"({joint['joint_results']})")
         report["joint"] = joint
     if args.only in (None, "head-start"):
-        rows = head_start_table(tmp, args.seeds, args.generations, args.workloads)
+        rows = head_start_table(tmp, args.seeds, args.generations, args.workloads, args.sample_fraction)
         report["head_start"] = {"runs": rows, "summary": head_start_summary(rows)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
