@@ -10,9 +10,9 @@ again); :class:`Sensitivity` reads it back as a grid and derives starting indivi
 evaluations only where a starting individual could use them: the reference, then each gene from its most
 aggressive value toward neutral until a value loses no label (without labels to compare: loses nothing); the
 values beyond it are never a budget's cheapest choice when priced by loss or lost labels, so those starting
-individuals are the full sweep's (the changed-labels price chooses among the values swept). Every point but the reference is raced
-(stopped once its accuracy is provably below the reference minus the largest budget), so a point no budget could
-take costs a fraction of an evaluation.
+individuals are the full sweep's (the changed-labels price chooses among the values swept). Every point but the
+reference is raced (stopped once its accuracy is provably below the reference minus the largest budget), so a
+point no budget could take costs a fraction of an evaluation.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class _Sweep:
         self.stored = {genome_key(g) for g in writer.read(SENSITIVITY)["genome"]}
         self.known = known_results(writer) if fraction == 1 else {}
         self.evaluated = self.copied = 0
-        self.paired, self.fraction = paired, fraction
+        self.paired, self.fraction = paired, fraction  # fraction: for the adaptive sweep's raced contexts
         # scores the sweep's share of the samples without checks, with per-label hits where the metric has them
         self.plain = RaceContext((1.0,), 0.5, None, np.zeros((0, 2)), problem.maximize_cost, fraction=fraction) \
             if paired or fraction < 1 else None
@@ -99,7 +99,6 @@ class _Sweep:
 
     def measure(self, points: list[SweepPoint], race: RaceContext | None = None) -> Sensitivity:
         """Store the points not in the table yet; returns the whole table as a sweep."""
-        reference = reference_point(self.problem)
         todo: dict[tuple, SweepPoint] = {}
         for point in points:
             key = genome_key(point.genome)
@@ -111,6 +110,7 @@ class _Sweep:
             else:
                 todo[key] = point
         if self.paired and self.reference_hits is None and todo:
+            reference = reference_point(self.problem)
             todo.pop(genome_key(reference.genome), None)
             self._evaluate([reference], self.plain)
         self._evaluate(list(todo.values()), race or self.plain)
@@ -155,7 +155,7 @@ def measure_sensitivity(problem: Problem, executor: Executor, writer: ResultsWri
         sweep.measure([reference_point(problem)])
         result = sweep.measure([p for points in genes for p in points])
     else:
-        result = _adaptive(sweep, genes, spec.loss_budgets, problem, counts_samples(workload), spec.sample_fraction)
+        result = _adaptive(sweep, genes, spec.loss_budgets, problem)
     if sweep.evaluated or sweep.copied:
         raced = int(np.sum(writer.read(SENSITIVITY)["status"] == Status.RACED_OUT))
         log(f"sensitivity: {sweep.evaluated} evaluations ({spec.sweep} sweep of {sum(map(len, genes)) + 1} points"
@@ -164,15 +164,14 @@ def measure_sensitivity(problem: Problem, executor: Executor, writer: ResultsWri
     return result
 
 
-def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float], problem: Problem,
-              race: bool, fraction: float) -> Sensitivity:
+def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float], problem: Problem) -> Sensitivity:
     """The reference, then each gene from its most aggressive value toward neutral, one value per gene and round,
     until a value loses no label that the reference gets right (its loss and lost-labels prices are zero): every
     less aggressive value costs more and cannot be priced lower by these (prices count from zero), so no budget's
     cheapest setting takes it, and their starting individuals equal those of a full sweep. The changed-labels
     price, stricter, chooses among the values swept: stopping only where no label changes swept 200 of ResNet-20's
     265 points instead of 170, for the same best starting individual (docs/performance.md).
-    Points are raced against the reference minus the largest budget (no budget takes them)."""
+    Points are raced (built-in metrics) against the reference minus the largest budget (no budget takes them)."""
     result = sweep.measure([reference_point(problem)])
     if not np.isfinite(result.reference_accuracy):  # nothing to measure losses against
         return result
@@ -182,7 +181,7 @@ def _adaptive(sweep: _Sweep, genes: list[list[SweepPoint]], budgets: list[float]
         done = current.ok & (current.genes >= 0)
         history = np.column_stack([current.cost[done], current.accuracy[done]])
         return RaceContext(None, SWEEP_CONFIDENCE, floor, np.zeros((0, 2)), problem.maximize_cost,
-                           history, fraction=fraction) if race else None
+                           history, fraction=sweep.fraction) if sweep.paired else None
 
     step = {gene: 0 for gene, points in enumerate(genes) if points}
     while step:
