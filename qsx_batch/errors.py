@@ -51,7 +51,7 @@ class WriteFailure:
     def message(self, stored: Path | None, resume: str) -> str:
         """One paragraph: the file, the error, the free space, where finished work is, and the command to go on."""
         target = f"Writing {self.file}" if self.file else "A write"
-        kept = (f"Every evaluation finished before is stored in {stored}, which was closed cleanly. " if stored
+        kept = (f"Every evaluation finished before is stored in {stored}, which stays readable. " if stored
                 else "Nothing computed was lost. ")
         return (f"{target} failed: {self.reason}; {self.free_space()}. {kept}Free space (or make the folder "
                 f"writable) and continue with: {resume}")

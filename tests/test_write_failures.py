@@ -80,7 +80,7 @@ def test_a_full_disk_stops_explore_cleanly_and_resume_completes_the_same_run(tmp
     assert stopped.returncode == 1
     assert "Traceback" not in stopped.stderr
     assert f"Writing {out} failed: the disk is full (ENOSPC)" in stopped.stderr
-    assert f"free in {small_disk}" in stopped.stderr and "closed cleanly" in stopped.stderr
+    assert f"free in {small_disk}" in stopped.stderr and "stays readable" in stopped.stderr
     assert f"continue with: qsx-batch explore --resume {out}" in stopped.stderr
     kept = results.open(out)  # readable, with what was stored before the disk filled
     expected = results.open(tmp_path / "plain.h5")

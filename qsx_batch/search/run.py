@@ -1,5 +1,6 @@
 """A run from start to stop: its results file created or reopened, the search run, and every way it can stop
-(done, Ctrl-C/SIGTERM, full disk) ending with the results file closed cleanly and the command to continue."""
+(done, Ctrl-C/SIGTERM, full disk) ending with the results file closed (after a failed write: left readable) and the
+command to continue."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def ensure_writable(folder: Path) -> None:
 
 def run_to_end(work: Callable[[], None], executor: Executor, writer: ResultsWriter, resume_hint: str) -> int:
     """Run ``work`` to its end; on any stop (Ctrl-C, SIGTERM, a failed write such as a full disk) the executor is
-    closed, the results file closed cleanly and ``resume_hint`` (the command that continues) printed. Returns the
+    closed, the results file closed (left readable after a failed write) and ``resume_hint`` (the command that continues) printed. Returns the
     exit status (130 when stopped, 1 after a failed write)."""
     try:
         work()

@@ -389,25 +389,26 @@ class ResultsWriter:
             return index
 
     def close(self) -> None:
-        """Commit the held rows, trim the tables to their rows, close the file and release the lock."""
+        """Commit the held rows, trim the tables to their rows, close the file and release the lock; after a failed
+        write the file is left as it is (:func:`_abandon`)."""
         with self._lock:
             self._closing = True
             self._due.notify()
         if self._thread is not None:
             self._thread.join()
         try:
-            if self.file.id.valid:
+            if self.file.id.valid and not self._failed:
                 try:
-                    if not self._failed:  # after a failed write HDF5 may crash writing more: the held rows are lost
-                        self.commit()
+                    self.commit()
                     for table in self._tables.values():
                         table.trim()
                 except (OSError, RuntimeError):  # a full disk: rows beyond count are ignored, and trimmed on reopen
-                    pass
-                try:
+                    self._failed = True
+            if self.file.id.valid:
+                if self._failed:
+                    _abandon(self.file)
+                else:
                     self.file.close()
-                except (OSError, RuntimeError):  # its last flush failed: every committed row was flushed before
-                    self.file.id.close()
         finally:
             if self._lock_fd >= 0:
                 _unlock(self.path, self._lock_fd)
@@ -418,6 +419,15 @@ class ResultsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _abandon(file: h5py.File) -> None:
+    """Leave a file whose write failed open for good, as a killed writer would: every committed row was flushed
+    before, and reopening recovers it. Closing it instead crashes HDF5 2.0 (h5py 3.16): a dataset closed after the
+    failed flush fails to write its header and a later close of it or of the file is a segmentation fault. So
+    every open object of the file is pinned: h5py closes no locked identifier."""
+    for obj in h5py.h5f.get_obj_ids(file.id, h5py.h5f.OBJ_ALL):
+        obj.locked = True
 
 
 def _unlock(path: Path, fd: int) -> None:
