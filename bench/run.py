@@ -40,7 +40,7 @@ from qsx_batch.executors.local import LocalExecutor
 from qsx_batch.models import build_model
 from qsx_batch.models.attention import expose_attention
 from qsx_batch.models.layers import profile_layers, target_layers
-from qsx_batch.models.quantized import FUSED_FAKE_QUANT
+from qsx_batch.models.quantized import FUSED_FAKE_QUANT, FUSED_GRID
 from qsx_batch.problems import Problem, QuantizationProblem, SparsityProblem
 from qsx_batch.problems.sparsity import FUSED_SPARSIFY
 from qsx_batch.search.nsga import Search, SearchOptions, run_header
@@ -88,6 +88,9 @@ QUICK_CASES = [
 ]
 
 
+EVALUATED = ("quant", "sparse", "integer")  # the evaluations timed against plain inference
+
+
 # -- building the cases --------------------------------------------------------------------------------------------
 def case_inputs(case: Case, device: torch.device) -> tuple[nn.Module, Samples]:
     """The fp32 network and its preloaded samples: LeNet-5 with the embedded MNIST digits and trained weights of
@@ -106,12 +109,14 @@ def case_inputs(case: Case, device: torch.device) -> tuple[nn.Module, Samples]:
 
 
 def problem_for(kind: str, model: nn.Module, samples: Samples, device: torch.device) -> Problem:
-    """A quantization (calibrated with max on the samples) or sparsity problem on every Conv2d/Linear layer,
-    with the extra_args of the embedded default workloads."""
+    """A quantization (calibrated with max on the samples; ``integer``: evaluated on the integer grid) or sparsity
+    problem on every Conv2d/Linear layer, with the extra_args of the embedded default workloads."""
     layers = profile_layers(model, target_layers(model, ["Conv2d", "Linear"], []), samples.inputs[:1])
-    if kind == "quant":
+    if kind in ("quant", "integer"):
         problem = QuantizationProblem(model, layers, load_workload(QUANT_WORKLOAD).spec)
         calibrate(model, problem.quantizers, samples, "max", "percentile", 99.99)
+        if kind == "integer":
+            problem.evaluate_on_integer_grid()
         return problem
     return SparsityProblem(model, layers, load_workload(SPARSE_WORKLOAD).spec)
 
@@ -151,15 +156,13 @@ def random_genome(problem: Problem, rng: np.random.Generator) -> np.ndarray:
 
 
 def ratio_case(case: Case, rounds: int, device: torch.device) -> dict:
-    """Median ratios quant_eval/fp32_infer and sparse_eval/fp32_infer over interleaved rounds."""
+    """Median ratios quant_eval/fp32_infer, sparse_eval/fp32_infer and integer_eval/fp32_infer (quantization on
+    the integer grid, ``gpu_math: integer``) over interleaved rounds."""
     model, samples = case_inputs(case, device)
-    evaluators = {kind: evaluator_for(kind, case, device) for kind in ("quant", "sparse")}
+    evaluators = {kind: evaluator_for(kind, case, device) for kind in EVALUATED}
     rng = np.random.default_rng(0)
-    timers = {
-        "fp32": lambda: fp32_seconds(model, samples),
-        "quant": lambda: eval_seconds(evaluators["quant"], random_genome(evaluators["quant"].problem, rng)),
-        "sparse": lambda: eval_seconds(evaluators["sparse"], random_genome(evaluators["sparse"].problem, rng)),
-    }
+    timers = {"fp32": lambda: fp32_seconds(model, samples)}
+    timers.update({kind: lambda e=e: eval_seconds(e, random_genome(e.problem, rng)) for kind, e in evaluators.items()})
     for timer in timers.values():  # warm-up: first-call allocations and kernel selection
         timer()
     seconds: dict[str, list[float]] = {name: [] for name in timers}
@@ -167,13 +170,13 @@ def ratio_case(case: Case, rounds: int, device: torch.device) -> dict:
     for r in range(rounds):
         for name in order[r % len(order):] + order[: r % len(order)]:
             seconds[name].append(timers[name]())
-    ratios = {kind: statistics.median(np.divide(seconds[kind], seconds["fp32"])) for kind in ("quant", "sparse")}
+    ratios = {kind: statistics.median(np.divide(seconds[kind], seconds["fp32"])) for kind in EVALUATED}
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "case": case.name, "samples": case.samples, "batch_size": case.batch_size, "rounds": rounds,
         **{f"{name}_seconds": value for name, value in medians.items()},
         **{f"{name}_images_per_second": case.samples / value for name, value in medians.items()},
-        "quant_eval/fp32_infer": ratios["quant"], "sparse_eval/fp32_infer": ratios["sparse"],
+        **{f"{kind}_eval/fp32_infer": value for kind, value in ratios.items()},
         "targets": targets(case, device),
     }
 
@@ -186,13 +189,14 @@ def targets(case: Case, device: torch.device) -> dict:
 
 
 def gpu_agreement(cases: list[Case], device: torch.device) -> dict:
-    """:func:`cpu_agreement` of LeNet-5 and ResNet-18 at 32x32 under each ``exploration.gpu_math`` choice."""
+    """:func:`cpu_agreement` of LeNet-5 and ResNet-18 at 32x32 under each ``exploration.gpu_math`` choice (integer:
+    the quantization problem on the integer grid)."""
     chosen = [c for c in cases if c.model == "lenet5"][:1] + [c for c in cases if c.name.startswith("resnet18_32")]
     found = {}
-    for math_ in ("tf32", "strict"):
+    for math_, kinds in (("tf32", ("quant", "sparse")), ("strict", ("quant", "sparse")), ("integer", ("integer",))):
         set_gpu_math(math_)
         for case in chosen:
-            for kind in ("quant", "sparse"):
+            for kind in kinds:
                 found[f"{case.name} {kind} {math_}"] = cpu_agreement(kind, case, device)
     set_gpu_math("tf32")  # the workloads' default
     return found
@@ -200,8 +204,10 @@ def gpu_agreement(cases: list[Case], device: torch.device) -> dict:
 
 def cpu_agreement(kind: str, case: Case, device: torch.device, genomes: int = 4) -> int:
     """The largest difference in correct predictions between ``device`` and the CPU over the fp32 network and
-    a few random genomes (the issue asks for at most one sample)."""
-    here, cpu = evaluator_for(kind, case, device), evaluator_for(kind, case, torch.device("cpu"))
+    a few random genomes (the issue asks for at most one sample); the CPU's quantization is the fake-quantized one,
+    pytorch-quantization's numbers, for ``integer`` too."""
+    here = evaluator_for(kind, case, device)
+    cpu = evaluator_for("quant" if kind == "integer" else kind, case, torch.device("cpu"))
     rng = np.random.default_rng(1)
     chosen = [None] + [random_genome(here.problem, rng) for _ in range(genomes)]
     return max(abs(here.evaluate(g).correct - cpu.evaluate(g).correct) for g in chosen)
@@ -328,12 +334,13 @@ def print_table(report: dict) -> None:
     print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
           f"device {m['device']} {m['gpu']}".rstrip())
     print(f"{'case':<22}{'N':>6}{'fp32 s':>10}{'fp32 img/s':>12}{'quant s':>10}{'quant/fp32':>12}{'sparse s':>10}"
-          f"{'sparse/fp32':>13}{'targets':>12}")
+          f"{'sparse/fp32':>13}{'integer/fp32':>14}{'targets':>12}")
     for row in report["ratios"]:
         t = row["targets"]
         print(f"{row['case']:<22}{row['samples']:>6}{row['fp32_seconds']:>10.4f}{row['fp32_images_per_second']:>12.0f}"
               f"{row['quant_seconds']:>10.4f}{row['quant_eval/fp32_infer']:>12.2f}{row['sparse_seconds']:>10.4f}"
-              f"{row['sparse_eval/fp32_infer']:>13.2f}{t['quant']:>6} {t['sparse']:<5}")
+              f"{row['sparse_eval/fp32_infer']:>13.2f}{row['integer_eval/fp32_infer']:>14.2f}"
+              f"{t['quant']:>6} {t['sparse']:<5}")
     if report["fused"]:
         print(f"fused kernels: {report['fused']}")
     for name, run in report["explore"].items():
@@ -376,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         report["ratios"].append(ratio_case(case, rounds, device))
         print(f"measured {case.name}", file=sys.stderr)
     report["fused"] = {name: f.failure or "compiled" for name, f in
-                       (("fake_quant", FUSED_FAKE_QUANT), ("sparsify", FUSED_SPARSIFY)) if f.compiled is not None}
+                       (("fake_quant", FUSED_FAKE_QUANT), ("grid", FUSED_GRID), ("sparsify", FUSED_SPARSIFY))
+                       if f.compiled is not None}
     if device.type != "cpu":
         report["cpu_agreement"] = gpu_agreement(cases, device)
     generations = QUICK_GENERATIONS if args.quick else None

@@ -24,9 +24,11 @@ WORKLOADS = default_workload_path().parent
 
 
 def tiny_workload_dict(problem: str = "quantization", tmp_path: Path | None = None, **nsga) -> dict:
-    """The embedded workload of ``problem`` shrunk to seconds: small population, few generations, 200 samples."""
+    """The embedded workload of ``problem`` shrunk to seconds: small population, few generations, 200 samples, and
+    a random start (no sweep before generation 0; the default start is tested in test_sensitivity.py)."""
     data = yaml.safe_load((WORKLOADS / f"lenet5_mnist_{problem}.yaml").read_text())
     w = data["workload"]
+    w["exploration"]["initial_population"] = "random"
     w["model"]["weights"] = str(WEIGHTS)
     if tmp_path is not None:
         w["results"] = str(tmp_path / "results")

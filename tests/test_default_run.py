@@ -26,6 +26,7 @@ def test_default_explore_finds_cheap_accurate_settings(tmp_path):
              and ind["accuracy"][r] >= base[("fp32", "exploration")] - 0.02]
     assert cheap, "no front point within 2 points of baseline at <= 60% of the 8-bit cost"
     assert np.all(ind["status"] == "ok")
+    assert run.header.initial_population == "sensitivity" and run.table("sensitivity").rows > 0  # auto's start
 
     shown = subprocess.run([sys.executable, "-m", "qsx_batch.cli", "inspect", str(files[0])], capture_output=True,
                            text=True, timeout=120)

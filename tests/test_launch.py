@@ -33,13 +33,15 @@ FAULT = "QSX_BATCH_TEST_FAULT"
 
 def write_workload(folder: Path, generations: int = 1, constraint: dict | None = None,
                    launch: dict | None = None) -> Path:
-    """The embedded LeNet-5 quantization workload, tiny: population 4, 200 samples, results under ``folder``."""
+    """The embedded LeNet-5 quantization workload, tiny: population 4, 200 samples, a random start, results under
+    ``folder``."""
     source = default_workload_path()
     data = yaml.safe_load(source.read_text())
     w = data["workload"]
     w["model"]["weights"] = str((source.parent / w["model"]["weights"]).resolve())
     w["results"] = str(folder / "results")
     w["exploration"]["nsga"].update(pop_size=4, offsprings=4, generations=generations)
+    w["exploration"]["initial_population"] = "random"
     for block in (w["exploration"]["datasets"]["exploration"], w["exploration"]["datasets"]["baseline"],
                   w["calibration"]["datasets"]["calibrate"]):
         block["sample_limit"] = 200

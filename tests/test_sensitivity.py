@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -154,6 +155,45 @@ def test_explore_starts_from_the_sensitivity_sweep(tmp_path):
     assert np.isclose(gens["eval_seconds"][-1], np.sum(ind["eval_seconds"]) + np.sum(sweep_table["eval_seconds"][unmet]))
 
 
+def _explore(tmp_path, problem: str, start: str | None, name: str):
+    data = tiny_workload_dict(problem, tmp_path, generations=1)
+    if start is None:
+        del data["workload"]["exploration"]["initial_population"]  # the default: auto
+    else:
+        data["workload"]["exploration"]["initial_population"] = start
+    out = tmp_path / f"{name}.h5"
+    assert main(["explore", str(write_workload(tmp_path, data, f"{name}.yaml")), "-o", str(out),
+                 "--skip-baseline"]) == 0
+    return out
+
+
+def _as_an_older_empty_file(path):
+    """The run's file as a version from before initial_population: auto wrote it, with nothing stored yet."""
+    with h5py.File(path, "a") as f:
+        del f.attrs["initial_population"]
+        for name in ("sensitivity", "individuals", "generations"):
+            f[name]["count"][()] = 0
+    assert results.open(path).header.initial_population == ""
+
+
+def test_auto_starts_quantization_from_the_sweep_and_sparsity_at_random_and_a_run_keeps_its_start(tmp_path):
+    starts = {}
+    for problem in ("quantization", "sparsity"):
+        run = results.open(_explore(tmp_path, problem, None, problem))
+        starts[problem] = (run.header.initial_population, run.table("sensitivity").rows > 0)
+    assert starts == {"quantization": ("sensitivity", True), "sparsity": ("random", False)}
+
+    # files from before auto: a workload without the key started at random, one naming sensitivity from the sweep;
+    # resumed, each starts as it did
+    named = _explore(tmp_path, "quantization", "sensitivity", "named")
+    for path, swept in ((tmp_path / "quantization.h5", False), (named, True)):
+        _as_an_older_empty_file(path)
+        assert main(["explore", "--resume", str(path), "--skip-baseline"]) == 0
+        run = results.open(path)
+        assert (run.table("sensitivity").rows > 0) == swept and run.generations.rows == 1
+        assert (np.sum(run.individuals["generation"] == 0) > 6) == swept  # more than pymoo's random ones
+
+
 def test_a_sweep_on_a_share_of_the_samples_is_scored_again_by_the_search(tmp_path):
     data = tiny_workload_dict("quantization", tmp_path, generations=2)
     data["workload"]["exploration"]["initial_population"] = "sensitivity"
@@ -219,7 +259,7 @@ def test_initial_population_list_and_csv(tmp_path, capsys):
     ([[9] * QUANT_GENES], "value 9 is not a bit width from num_bits_lower_limit 2 to num_bits_upper_limit 8"),
     ("missing.csv", "cannot read"),
     ("nocolumns.csv", "has no column for gene(s) conv1.input"),
-    ("genetic", "'genetic' is none of random, sensitivity"),
+    ("genetic", "'genetic' is none of auto, random, sensitivity"),
 ])
 def test_bad_initial_population_is_one_clear_error(tmp_path, capsys, value, message):
     (tmp_path / "nocolumns.csv").write_text("index,accuracy\n0,0.9\n")

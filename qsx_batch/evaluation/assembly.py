@@ -212,9 +212,9 @@ def search_datasets(workload: Workload) -> tuple[str, ...]:
 
 
 def set_gpu_math(choice: str) -> None:
-    """Set torch's TF32 switches for cuDNN and matmuls for an ``exploration.gpu_math`` choice (tf32 or strict;
-    they only act on a GPU)."""
-    tf32 = choice == "tf32"
+    """Set torch's TF32 switches for cuDNN and matmuls for an ``exploration.gpu_math`` choice (TF32 for tf32 and
+    integer, IEEE fp32 for strict; they only act on a GPU)."""
+    tf32 = choice in ("tf32", "integer")
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
 
@@ -232,6 +232,8 @@ def prepare_evaluator(workload: Workload, device: torch.device | None = None,
     device = device or workload_device(workload)
     use_gpu_math(workload)
     problem = build_problem(workload, device)
+    if workload.spec.exploration.gpu_math == "integer":
+        problem.evaluate_on_integer_grid()
     budget = data_budget(workload, device)
     samples = {name: load_block(workload, workload.dataset(name), workload.dataset_key(name), device, budget)
                for name in (search_datasets(workload) if datasets is None else datasets)}

@@ -110,20 +110,26 @@ def split_quantizer_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], di
             {k: v for k, v in state.items() if "_quantizer." in k})
 
 
+def quantize_to_grid(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
+                     high: Any) -> torch.Tensor:
+    """The integer values ``clamp(round(x * s), low, high)`` of :func:`quantize_dequantize`, as floats."""
+    scale = max_bound / amax
+    out = inputs * torch.where(amax <= 1.0 / (1 << 24), 0.0, scale)
+    return out.round_().clamp_(low, high)
+
+
 def quantize_dequantize(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
                         high: Any) -> torch.Tensor:
     """``clamp(round(x * s), low, high) / s`` with ``s = max_bound / amax`` (0 where amax <= 2**-24, and 1 for
     the division there): pytorch-quantization's arithmetic, in place on one intermediate, without host
     synchronisation. ``low`` and ``high`` are numbers (eager: scalar clamp bounds are the fast ones on the CPU) or
     0-d tensors (compiled: one graph for every bit width)."""
-    scale = max_bound / amax
-    zero = amax <= 1.0 / (1 << 24)
-    out = inputs * torch.where(zero, 0.0, scale)
-    out.round_().clamp_(low, high)
-    return out.div_(torch.where(zero, 1.0, scale))
+    out = quantize_to_grid(inputs, amax, max_bound, low, high)
+    return out.div_(torch.where(amax <= 1.0 / (1 << 24), 1.0, max_bound / amax))
 
 
 FUSED_FAKE_QUANT = Fused(quantize_dequantize)
+FUSED_GRID = Fused(quantize_to_grid)
 
 
 def _bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
@@ -135,18 +141,21 @@ def _bounds(num_bits: int, narrow_range: bool) -> tuple[float, float]:
 _BOUND_TENSORS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool) -> torch.Tensor:
-    """pytorch-quantization's signed fake quantization bit for bit (:func:`quantize_dequantize`): one fused kernel
-    on a GPU (:data:`FUSED_FAKE_QUANT`), torch's eager kernels elsewhere."""
+def fake_quant(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, narrow_range: bool,
+               grid: bool = False) -> torch.Tensor:
+    """pytorch-quantization's signed fake quantization bit for bit (:func:`quantize_dequantize`), or with ``grid``
+    its integer values (:func:`quantize_to_grid`): one fused kernel on a GPU (:data:`FUSED_FAKE_QUANT`,
+    :data:`FUSED_GRID`), torch's eager kernels elsewhere."""
     low, high = _bounds(num_bits, narrow_range)
-    if not FUSED_FAKE_QUANT.active(inputs):
-        return quantize_dequantize(inputs, amax, torch.full_like(amax, high), low, high)
+    function = FUSED_GRID if grid else FUSED_FAKE_QUANT
+    if not function.active(inputs):
+        return function.function(inputs, amax, torch.full_like(amax, high), low, high)
     key = (inputs.device, num_bits, narrow_range)
     if key not in _BOUND_TENSORS:
         _BOUND_TENSORS[key] = (torch.tensor(low, device=inputs.device), torch.tensor(high, device=inputs.device))
     low_t, high_t = _BOUND_TENSORS[key]
     x, a = _flat(inputs, amax)
-    return FUSED_FAKE_QUANT(x, a, high_t, low_t, high_t).view(inputs.shape)
+    return function(x, a, high_t, low_t, high_t).view(inputs.shape)
 
 
 def _flat(inputs: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,22 +180,84 @@ class InferenceTensorQuantizer(quant_nn.TensorQuantizer):
     address can be mistaken for them)."""
 
     _kept: tuple | None = None  # (weight, its version, amax, its version, bits, narrow range), fake-quantized weight
+    _grid = False  # pass the integer values on, not divided back (an :class:`IntegerGridLayer`'s input)
+
+    def static_signed(self) -> bool:
+        """Whether this quantizer has a fixed fp32 amax and a signed grid, the cases :func:`fake_quant` covers."""
+        amax = getattr(self, "_amax", None)
+        return (amax is not None and amax.dtype == torch.float32 and self._fake_quant and not self._learn_amax
+                and not self._unsigned and not quant_nn.TensorQuantizer.use_fb_fake_quant)
 
     def _fast(self, inputs: torch.Tensor) -> bool:
-        amax = getattr(self, "_amax", None)
-        return (amax is not None and amax.dtype == torch.float32 and inputs.dtype == torch.float32
-                and self._fake_quant and not self._learn_amax and not self._unsigned
-                and not quant_nn.TensorQuantizer.use_fb_fake_quant
+        return (self.static_signed() and inputs.dtype == torch.float32
                 and not (inputs.requires_grad and torch.is_grad_enabled()))
 
     def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self._fast(inputs):
+            if self._grid:
+                raise RuntimeError("an integer-grid input quantizer got an input it cannot put on the grid "
+                                   f"({inputs.dtype}, gradient {inputs.requires_grad})")
             return super()._quant_forward(inputs)
         amax = self._get_amax(inputs)
         if not isinstance(inputs, nn.Parameter):
-            return fake_quant(inputs, amax, self._num_bits, self._narrow_range)
+            return fake_quant(inputs, amax, self._num_bits, self._narrow_range, self._grid)
         key = (inputs, inputs._version, self._amax, self._amax._version, self._num_bits, self._narrow_range)
         kept = self._kept
         if kept is None or any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(kept[0], key)):
             kept = self._kept = (key, fake_quant(inputs, amax, self._num_bits, self._narrow_range))
         return kept[1]
+
+
+def _step(quantizer: quant_nn.TensorQuantizer) -> torch.Tensor:
+    """The real value of one integer step of ``quantizer``'s grid, ``amax / max_bound`` (0 where amax is 0)."""
+    amax = quantizer._amax.detach()
+    high = _bounds(quantizer._num_bits, quantizer._narrow_range)[1]
+    return torch.where(amax <= 1.0 / (1 << 24), 0.0, amax / high)
+
+
+class IntegerGridLayer:
+    """A QuantConv2d or QuantLinear evaluated on the integer grid (``exploration.gpu_math: integer``): the input
+    quantizer passes the inputs' integer values on, the weight holds the weights' integer values, and a forward
+    hook scales the integer sums by the two grid steps per output channel and adds the bias. Products of integers
+    below 2048 are exact in TF32 and their sums exact in fp32 up to 2**24, so a GPU's TF32 convolutions compute
+    what integer hardware does; the fake-quantized path rounds every dequantized value to TF32's 10 bits of
+    mantissa instead. On the CPU both paths agree up to float rounding."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.bias = module.bias
+        self.channels_last_dim = isinstance(module, quant_nn.QuantLinear)  # a linear's output: (..., channels)
+        self.scale: torch.Tensor | None = None
+        self.handle: Any = None
+
+    @staticmethod
+    def fits(module: nn.Module) -> bool:
+        """A QuantConv2d or QuantLinear whose two quantizers have fixed signed grids."""
+        return (type(module) in (quant_nn.QuantConv2d, quant_nn.QuantLinear)
+                and all(isinstance(q, InferenceTensorQuantizer) and q.static_signed()
+                        for q in (module._input_quantizer, module._weight_quantizer)))
+
+    @torch.no_grad()
+    def enter(self, fp32_weight: torch.Tensor) -> None:
+        """Put the layer on the grid of its quantizers' current bit widths (the weight quantizer is left off)."""
+        m, weights = self.module, self.module._weight_quantizer
+        m.weight.copy_(fake_quant(fp32_weight, weights._amax, weights._num_bits, weights._narrow_range, grid=True))
+        weights.disable()
+        m._input_quantizer._grid = True
+        self.scale = (_step(m._input_quantizer) * _step(weights)).reshape(-1)
+        if self.handle is None:
+            m.bias = None
+            self.handle = m.register_forward_hook(self._rescale)
+
+    def leave(self) -> None:
+        """Back to the fake-quantized path (the caller writes the weight)."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+            self.module.bias = self.bias
+        self.module._input_quantizer._grid = False
+
+    def _rescale(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) if self.channels_last_dim else (-1,) + (1,) * (output.dim() - 2)
+        output.mul_(self.scale.view(shape))
+        return output if self.bias is None else output.add_(self.bias.view(shape))

@@ -35,4 +35,8 @@ def problem_class(name: str) -> type[Problem]:
 
 def create_problem(spec: WorkloadSpec, model: nn.Module, layers: list[LayerInfo]) -> Problem:
     """The workload's problem on ``model`` (modified in place) and its profiled target ``layers``."""
-    return problem_class(spec.problem.problem_function)(model, layers, spec)
+    cls = problem_class(spec.problem.problem_function)
+    if spec.exploration.gpu_math == "integer" and not issubclass(cls, QuantizationProblem):
+        raise UserError(f"exploration.gpu_math: integer computes quantized layers on their integer grid, but "
+                        f"{spec.problem.problem_function} quantizes nothing; use gpu_math tf32 or strict.")
+    return cls(model, layers, spec)

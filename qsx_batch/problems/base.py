@@ -29,6 +29,9 @@ class Problem(ABC):
     cost_name: str = "cost"
     cost_unit: str = ""
     maximize_cost: bool = False
+    # what ``exploration.initial_population: auto`` starts from: "sensitivity" where the head start was measured
+    # to pay (docs/search.md), else "random"
+    default_start: str = "random"
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         self.model = model

@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.attention import AttentionMatmul
 from ..models.layers import LayerInfo
-from ..models.quantized import InferenceTensorQuantizer, quantize_layers, quantizers_of
+from ..models.quantized import InferenceTensorQuantizer, IntegerGridLayer, quantize_layers, quantizers_of
 from ..workload import WorkloadSpec
 from .base import Problem
 from .costs import COST_FUNCTIONS
@@ -25,6 +25,7 @@ class QuantizationProblem(Problem):
     """
 
     name = "quantization_problem"
+    default_start = "sensitivity"
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo], spec: WorkloadSpec):
         super().__init__(model, layers, spec)
@@ -46,6 +47,16 @@ class QuantizationProblem(Problem):
         # every batch)
         self.weighted = [m for m in self.modules if not isinstance(m, AttentionMatmul)]
         self.fp32_weights = [m.weight.detach().clone() for m in self.weighted]
+        self.grids: list[IntegerGridLayer | None] = [None] * len(self.weighted)  # see evaluate_on_integer_grid
+
+    def evaluate_on_integer_grid(self) -> None:
+        """From the next :meth:`configure` on, every Conv2d and Linear layer whose quantizers allow it computes
+        on the integer grid (:class:`IntegerGridLayer`, ``exploration.gpu_math: integer``); the others stay
+        fake-quantized: an attention's projections and products, and layers a model calls through ``F.linear``
+        (Swin: the model passes its own bias)."""
+        functional = {id(m) for m, layer in zip(self.modules, self.layers) if layer.functional}
+        self.grids = [IntegerGridLayer(m) if IntegerGridLayer.fits(m) and id(m) not in functional else None
+                      for m in self.weighted]
 
     @property
     def gene_names(self) -> list[str]:
@@ -77,6 +88,7 @@ class QuantizationProblem(Problem):
     @torch.no_grad()
     def configure(self, genome: np.ndarray | None) -> None:
         if genome is None:
+            self._leave_grids()
             for module, weight in zip(self.weighted, self.fp32_weights):
                 module.weight.copy_(weight)
             for _, q in self.quantizers:
@@ -86,14 +98,23 @@ class QuantizationProblem(Problem):
         for (_, q), b in zip(self.quantizers, bits):
             q._num_bits = int(b)
             q.enable()
-        for module, weight in zip(self.weighted, self.fp32_weights):
+        for module, weight, grid in zip(self.weighted, self.fp32_weights, self.grids):
+            if grid is not None:
+                grid.enter(weight)
+                continue
             module.weight.copy_(module._weight_quantizer(weight))
             module._weight_quantizer.disable()
+
+    def _leave_grids(self) -> None:
+        for grid in self.grids:
+            if grid is not None:
+                grid.leave()
 
     @torch.no_grad()
     def configure_trainable(self, genome: np.ndarray) -> None:
         """Bit widths of ``genome`` with fp32 weights fake-quantized on every forward pass (quantization-aware training)."""
         self.configure(genome)
+        self._leave_grids()
         for module, weight in zip(self.weighted, self.fp32_weights):
             module.weight.copy_(weight)
             module._weight_quantizer.enable()

@@ -42,6 +42,15 @@ def read_parameter_csv(path: Path, gene_names: list[str]) -> list[np.ndarray]:
         raise UserError(f"exploration.initial_population: cannot read {path} ({exc.strerror or exc}).") from None
 
 
+def new_run_start(workload: WorkloadSpec, problem: Problem) -> str:
+    """How a new run seeds generation 0, stored with it (a resumed run keeps it): ``sensitivity``, ``random``
+    or ``listed`` (a list or CSV file); ``auto`` is the problem's ``default_start``."""
+    source = workload.exploration.initial_population
+    if source == "auto":
+        return problem.default_start
+    return source if source in INITIAL_POPULATION_KINDS else "listed"
+
+
 def given_genomes(workload: WorkloadSpec, problem: Problem) -> np.ndarray:
     """The genomes of ``predefined_parameters`` and of an ``initial_population`` list or CSV file (resolved
     against the workload file's folder), in that order."""

@@ -35,7 +35,7 @@ from ..store import ResultsWriter, RunHeader, ok_results
 from ..store.format import SENSITIVITY
 from ..versions import package_versions
 from ..workload import NsgaSpec, Workload
-from .initial_population import given_genomes
+from .initial_population import given_genomes, new_run_start
 from .sensitivity import measure_sensitivity
 
 
@@ -82,7 +82,7 @@ def run_header(workload: Workload, problem: Problem, metric_names: list[str]) ->
         layer_input_shapes=["x".join(map(str, layer.input_shape)) for layer in problem.layers],
         pop_size=workload.spec.exploration.nsga.pop_size, versions=package_versions(),
         worst_cost=problem.worst_cost(), max_blocks_per_sample=problem.blocks_per_sample(),
-        metric_names=metric_names,
+        metric_names=metric_names, initial_population=new_run_start(workload.spec, problem),
     )
 
 
@@ -293,10 +293,13 @@ class Search:
 
     def starting_genomes(self) -> np.ndarray:
         """Generation 0 besides the random individuals: derived from the sensitivity sweep (measured first where
-        the file lacks points of it) for ``initial_population: sensitivity``, then the workload's own."""
+        the file lacks points of it) for a run started from ``sensitivity``, then the workload's own. A file from
+        before ``auto`` names no start: its run started from its workload's, a missing key meaning random."""
         spec = self.workload.spec.exploration
         given = given_genomes(self.workload.spec, self.problem)
-        if spec.initial_population != "sensitivity":
+        start = self.writer.header.initial_population or (
+            "random" if spec.initial_population == "auto" else new_run_start(self.workload.spec, self.problem))
+        if start != "sensitivity":
             return given
         sweep = measure_sensitivity(self.problem, self.executor, self.writer, self.workload.spec,
                                     self.options.progress, self.options.log)

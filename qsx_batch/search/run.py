@@ -56,8 +56,8 @@ def ensure_writable(folder: Path) -> None:
 
 def run_to_end(work: Callable[[], None], executor: Executor, writer: ResultsWriter, resume_hint: str) -> int:
     """Run ``work`` to its end; on any stop (Ctrl-C, SIGTERM, a failed write such as a full disk) the executor is
-    closed, the results file closed (left readable after a failed write) and ``resume_hint`` (the command that continues) printed. Returns the
-    exit status (130 when stopped, 1 after a failed write)."""
+    closed, the results file closed (left readable after a failed write) and ``resume_hint`` (the command that
+    continues) printed. Returns the exit status (130 when stopped, 1 after a failed write)."""
     try:
         work()
     except (KeyboardInterrupt, Interrupted) as exc:

@@ -183,3 +183,5 @@ class RunHeader:
     worst_cost: float
     max_blocks_per_sample: float
     metric_names: list[str] = field(default_factory=lambda: ["classification_accuracy"])
+    # how generation 0 was seeded: sensitivity, random or listed; "" in files from before initial_population: auto
+    initial_population: str = ""

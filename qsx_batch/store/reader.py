@@ -187,7 +187,8 @@ def read_header(f: h5py.File) -> RunHeader:
         layer_input_shapes=read_strings(f["layers/input_shapes"]),
         pop_size=int(f["generations/population"].shape[1]), versions=json.loads(a["versions"]),
         worst_cost=float(a["worst_cost"]), max_blocks_per_sample=float(a["max_blocks_per_sample"]),
-        metric_names=json.loads(a.get("metric_names", '["classification_accuracy"]')))
+        metric_names=json.loads(a.get("metric_names", '["classification_accuracy"]')),
+        initial_population=str(a.get("initial_population", "")))
 
 
 def minimum_accuracy(f: h5py.File) -> float:

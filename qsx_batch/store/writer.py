@@ -469,6 +469,7 @@ def create_results(path: Path, header: RunHeader) -> ResultsWriter:
         "maximize_cost": int(header.maximize_cost), "integer": int(header.integer),
         "versions": json.dumps(header.versions), "worst_cost": header.worst_cost,
         "max_blocks_per_sample": header.max_blocks_per_sample, "metric_names": json.dumps(header.metric_names),
+        "initial_population": header.initial_population,
     })
     _create_facts(f.create_group("genes"), "gene", GENE_COLUMNS,
                   {"names": header.gene_names, "lower": header.lower, "upper": header.upper})

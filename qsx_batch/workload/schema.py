@@ -217,7 +217,7 @@ class EnergyEvaluationSpec(_Strict):
 
 
 Accuracy = Annotated[float, Field(ge=0, le=1)]
-INITIAL_POPULATION_KINDS = ("random", "sensitivity")
+INITIAL_POPULATION_KINDS = ("auto", "random", "sensitivity")
 
 
 class SensitivitySpec(_Strict):
@@ -254,16 +254,21 @@ class ExplorationSpec(_Strict):
         [], description="initial individuals: each value in every gene (a threshold for sparsity, bits for "
                         "quantization), put into the first generation")
     initial_population: str | list[list[float]] = Field(
-        "random", description="generation 0 besides pymoo's random individuals: random (nothing more), "
-                              "sensitivity (settings derived from the sensitivity sweep), a list of individuals "
-                              "(one parameter per gene: bits or thresholds), or a CSV file with one column per gene "
-                              "name (e.g. written by 'qsx-batch inspect --csv'; relative to the workload file)")
+        "auto", description="generation 0 besides pymoo's random individuals: auto (sensitivity for quantization "
+                            "problems, where it reached the random start's final front in under half the samples; "
+                            "random for sparsity and joint problems, where it is not measured), random (nothing "
+                            "more), sensitivity (settings derived from the sensitivity sweep), a list of individuals "
+                            "(one parameter per gene: bits or thresholds), or a CSV file with one column per gene "
+                            "name (e.g. written by 'qsx-batch inspect --csv'; relative to the workload file)")
     sensitivity: SensitivitySpec = SensitivitySpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    gpu_math: Literal["tf32", "strict"] = Field(
+    gpu_math: Literal["tf32", "strict", "integer"] = Field(
         "tf32", description="float math of convolutions and matmuls on a GPU: tf32 (TensorFloat-32 in cuDNN and "
-                            "matmuls, faster; rounds the dequantized values to 10 bits of mantissa) or strict (IEEE "
-                            "fp32, the CPU's numbers up to summation order); stored with the run. No effect on CPU")
+                            "matmuls, faster; rounds the dequantized values to 10 bits of mantissa), strict (IEEE "
+                            "fp32, the CPU's numbers up to summation order; tf32 and strict: no effect on the CPU), "
+                            "or integer (quantized Conv2d and Linear layers compute on the integer values of their "
+                            "inputs and weights and rescale per output channel: exact products in TF32, as integer "
+                            "hardware; on every device; quantization problems only); stored with the run")
     data_memory_budget: int | None = Field(
         None, ge=0, description="bytes of dataset blocks a process may hold on its device (images as uint8); larger "
                                 "blocks are streamed batch by batch. Default: a quarter of the device's memory")
@@ -276,7 +281,7 @@ class ExplorationSpec(_Strict):
     def _population_source(cls, value: str | list[list[float]]) -> str | list[list[float]]:
         if isinstance(value, list) or value in INITIAL_POPULATION_KINDS or value.lower().endswith(".csv"):
             return value
-        raise ValueError(f"'{value}' is none of random, sensitivity, a list of individuals (one parameter per "
+        raise ValueError(f"'{value}' is none of auto, random, sensitivity, a list of individuals (one parameter per "
                          "gene), or a .csv file of parameters")
 
     @field_validator("data_memory_budget", mode="before")
