@@ -8,6 +8,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,32 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+def fill_once_stored(disk: Path, out: Path, run: subprocess.Popen, rows: int) -> Path:
+    """Fill ``disk`` to the last byte as soon as the run writing ``out`` has stored ``rows`` individuals (the disk
+    fills during the run, whatever the file's size by then)."""
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        if out.exists() and results.open(out).count >= rows:  # the file appears in SWMR mode: readable at once
+            filler = disk / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+            return filler
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended (status {run.poll()}) before storing {rows} individuals")
+
+
 def qsx(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qsx_batch.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 
 def longer_workload(tmp_path: Path, results_folder: Path, name: str) -> Path:
-    data = tiny_workload_dict("quantization", pop_size=12, offsprings=12, generations=12)
+    data = tiny_workload_dict("quantization", pop_size=12, offsprings=12, generations=30)
     data["workload"]["results"] = str(results_folder)
     return write_workload(tmp_path, data, name)
 
@@ -73,10 +93,13 @@ def test_a_full_disk_stops_explore_cleanly_and_resume_completes_the_same_run(tmp
     reference = qsx("explore", str(longer_workload(tmp_path, tmp_path / "results", "plain.yaml")), "-o",
                     str(tmp_path / "plain.h5"), cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
-    filler = fill(small_disk, 160 * 1024)
     out = small_disk / "run.h5"
     workload = longer_workload(tmp_path, small_disk / "results", "full.yaml")
-    stopped = qsx("explore", str(workload), "-o", str(out), cwd=tmp_path)
+    with subprocess.Popen([sys.executable, "-m", "qsx_batch.cli", "explore", str(workload), "-o", str(out)],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        filler = fill_once_stored(small_disk, out, run, 12)
+        _, stderr = run.communicate(timeout=600)
+    stopped = subprocess.CompletedProcess(run.args, run.returncode, "", stderr)
     assert stopped.returncode == 1
     assert "Traceback" not in stopped.stderr
     assert f"Writing {out} failed: the disk is full (ENOSPC)" in stopped.stderr
