@@ -110,12 +110,23 @@ def split_quantizer_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], di
             {k: v for k, v in state.items() if "_quantizer." in k})
 
 
+ZERO_AMAX = 1.0 / (1 << 24)  # an amax at or below it quantizes everything to 0 (pytorch-quantization's bound)
+
+
+def _to_grid(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
+             high: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``clamp(round(x * s), low, high)`` with ``s = max_bound / amax`` (0 where amax is zero), ``s`` and where
+    amax is zero."""
+    scale = max_bound / amax
+    zero = amax <= ZERO_AMAX
+    out = inputs * torch.where(zero, 0.0, scale)
+    return out.round_().clamp_(low, high), scale, zero
+
+
 def quantize_to_grid(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
                      high: Any) -> torch.Tensor:
     """The integer values ``clamp(round(x * s), low, high)`` of :func:`quantize_dequantize`, as floats."""
-    scale = max_bound / amax
-    out = inputs * torch.where(amax <= 1.0 / (1 << 24), 0.0, scale)
-    return out.round_().clamp_(low, high)
+    return _to_grid(inputs, amax, max_bound, low, high)[0]
 
 
 def quantize_dequantize(inputs: torch.Tensor, amax: torch.Tensor, max_bound: torch.Tensor, low: Any,
@@ -124,8 +135,8 @@ def quantize_dequantize(inputs: torch.Tensor, amax: torch.Tensor, max_bound: tor
     the division there): pytorch-quantization's arithmetic, in place on one intermediate, without host
     synchronisation. ``low`` and ``high`` are numbers (eager: scalar clamp bounds are the fast ones on the CPU) or
     0-d tensors (compiled: one graph for every bit width)."""
-    out = quantize_to_grid(inputs, amax, max_bound, low, high)
-    return out.div_(torch.where(amax <= 1.0 / (1 << 24), 1.0, max_bound / amax))
+    out, scale, zero = _to_grid(inputs, amax, max_bound, low, high)
+    return out.div_(torch.where(zero, 1.0, scale))
 
 
 FUSED_FAKE_QUANT = Fused(quantize_dequantize)
@@ -212,7 +223,7 @@ def _step(quantizer: quant_nn.TensorQuantizer) -> torch.Tensor:
     """The real value of one integer step of ``quantizer``'s grid, ``amax / max_bound`` (0 where amax is 0)."""
     amax = quantizer._amax.detach()
     high = _bounds(quantizer._num_bits, quantizer._narrow_range)[1]
-    return torch.where(amax <= 1.0 / (1 << 24), 0.0, amax / high)
+    return torch.where(amax <= ZERO_AMAX, 0.0, amax / high)
 
 
 class IntegerGridLayer:
