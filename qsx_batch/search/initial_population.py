@@ -51,6 +51,14 @@ def new_run_start(workload: WorkloadSpec, problem: Problem) -> str:
     return source if source in INITIAL_POPULATION_KINDS else "listed"
 
 
+def run_start(stored: str, workload: WorkloadSpec, problem: Problem) -> str:
+    """The start of a run: the one its file stores, else (a file from before ``auto``, when a missing key meant
+    random) its workload's, ``auto`` read as random."""
+    if stored:
+        return stored
+    return "random" if workload.exploration.initial_population == "auto" else new_run_start(workload, problem)
+
+
 def given_genomes(workload: WorkloadSpec, problem: Problem) -> np.ndarray:
     """The genomes of ``predefined_parameters`` and of an ``initial_population`` list or CSV file (resolved
     against the workload file's folder), in that order."""

@@ -35,7 +35,7 @@ from ..store import ResultsWriter, RunHeader, ok_results
 from ..store.format import SENSITIVITY
 from ..versions import package_versions
 from ..workload import NsgaSpec, Workload
-from .initial_population import given_genomes, new_run_start
+from .initial_population import given_genomes, new_run_start, run_start
 from .sensitivity import measure_sensitivity
 
 
@@ -293,13 +293,11 @@ class Search:
 
     def starting_genomes(self) -> np.ndarray:
         """Generation 0 besides the random individuals: derived from the sensitivity sweep (measured first where
-        the file lacks points of it) for a run started from ``sensitivity``, then the workload's own. A file from
-        before ``auto`` names no start: its run started from its workload's, a missing key meaning random."""
+        the file lacks points of it) for a run started from ``sensitivity`` (:func:`run_start`), then the workload's
+        own."""
         spec = self.workload.spec.exploration
         given = given_genomes(self.workload.spec, self.problem)
-        start = self.writer.header.initial_population or (
-            "random" if spec.initial_population == "auto" else new_run_start(self.workload.spec, self.problem))
-        if start != "sensitivity":
+        if run_start(self.writer.header.initial_population, self.workload.spec, self.problem) != "sensitivity":
             return given
         sweep = measure_sensitivity(self.problem, self.executor, self.writer, self.workload.spec,
                                     self.options.progress, self.options.log)
